@@ -1,0 +1,1 @@
+"""tickpipe's shared library: the one tick schema and the runtime pieces every service uses."""

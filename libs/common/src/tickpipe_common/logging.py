@@ -1,0 +1,114 @@
+"""Structured logs: one JSON object per line on stdout, plain text when stdout is a terminal.
+
+Every record carries ``time``, ``level``, ``service`` and ``event``; anything else a caller
+passes becomes a context field. Callers log an *event name* plus fields, never a formatted
+sentence, so that `kubectl logs | jq` and log pipelines can filter on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["auto", "json", "text"]
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` (our fields).
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        payload.update(_context(record))
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in _context(record).items())
+        line = (
+            f"{_timestamp(record)} {record.levelname.lower():<7} {self._service} "
+            f"{record.getMessage()} {fields}"
+        ).rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(
+    service: str,
+    level: str = "INFO",
+    fmt: LogFormat = "auto",
+    stream: TextIO | None = None,
+) -> None:
+    """Route every logger (ours and the libraries') through one handler on stdout."""
+    out = stream if stream is not None else sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter(service) if use_json else TextFormatter(service))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Library chatter at INFO (alpaca-py's per-connect lines, websockets' handshakes) is kept,
+    # but their DEBUG noise is not wanted even when our own level is DEBUG.
+    for noisy in ("websockets", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+
+
+class EventLogger:
+    """A thin facade so call sites read ``log.info("tick_published", symbol="AAPL")``."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra=fields, exc_info=exc_info, stacklevel=3)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, False, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, True, fields)
+
+
+def get_logger(name: str) -> EventLogger:
+    return EventLogger(name)

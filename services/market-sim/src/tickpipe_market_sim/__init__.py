@@ -1,0 +1,1 @@
+"""tickpipe market-sim service."""

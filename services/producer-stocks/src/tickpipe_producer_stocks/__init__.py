@@ -1,0 +1,1 @@
+"""tickpipe producer-stocks service."""
