@@ -21,8 +21,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
+from testcontainers.community.kafka import KafkaContainer
+from testcontainers.community.postgres import PostgresContainer
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "local" / "stack.sh"
@@ -73,8 +76,6 @@ def kafka_bootstrap() -> Iterator[str]:
         yield given
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
@@ -92,8 +93,6 @@ def pg_admin_dsn() -> Iterator[str]:
         yield given
         return
     if _docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
         with PostgresContainer("postgres:17", driver=None) as container:
             yield container.get_connection_url()
         return
@@ -121,7 +120,9 @@ def fresh_database(pg_admin_dsn: str) -> Iterator[str]:
     dsn = psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=name)
     yield dsn
     with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

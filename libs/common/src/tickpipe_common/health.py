@@ -48,7 +48,7 @@ def _make_handler(
     readiness: ReadinessCheck, registry: CollectorRegistry
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 self._send(200, "application/json", b'{"status":"ok"}')
@@ -68,7 +68,7 @@ def _make_handler(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             # Probes hit these endpoints every few seconds; access logs would drown real events.
             return
 

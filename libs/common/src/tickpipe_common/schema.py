@@ -92,7 +92,7 @@ class Tick(BaseModel):
         serialize_by_alias=True,
     )
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     kind: TickKind
     asset_class: AssetClass
     symbol: Annotated[str, Field(min_length=1, max_length=64)]
@@ -161,9 +161,14 @@ class Tick(BaseModel):
             parts = [self.trade_id, self.exchange, self.tape]
         elif self.kind is TickKind.QUOTE:
             parts = [
-                self.bid_exchange, self.bid_price, self.bid_size,
-                self.ask_exchange, self.ask_price, self.ask_size,
-                self.conditions, self.tape,
+                self.bid_exchange,
+                self.bid_price,
+                self.bid_size,
+                self.ask_exchange,
+                self.ask_price,
+                self.ask_size,
+                self.conditions,
+                self.tape,
             ]
         elif self.kind in (TickKind.BAR, TickKind.DAILY_BAR):
             parts = []  # one bar per symbol and period start
@@ -190,7 +195,7 @@ def encode_tick(tick: Tick) -> bytes:
     return tick.model_dump_json(exclude_none=True).encode()
 
 
-def kafka_headers(producer: str) -> list[tuple[str, bytes]]:
+def kafka_headers(producer: str) -> list[tuple[str, str | bytes | None]]:
     return [
         (HEADER_CONTENT_TYPE, CONTENT_TYPE.encode()),
         (HEADER_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),

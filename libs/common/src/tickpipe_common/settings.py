@@ -85,7 +85,9 @@ def describe_errors(exc: ValidationError) -> list[str]:
 
 
 def _exit_with(cls: type[BaseSettings], exc: ValidationError) -> NoReturn:
-    print(f"configuration error in {cls.__name__}; fix these environment variables:", file=sys.stderr)  # noqa: T201 - logging is not configured yet
+    # Logging is not configured yet (its own settings may be what failed), so print.
+    header = f"configuration error in {cls.__name__}; fix these environment variables:"
+    print(header, file=sys.stderr)  # noqa: T201
     for line in describe_errors(exc):
         print(line, file=sys.stderr)  # noqa: T201
     raise SystemExit(2)

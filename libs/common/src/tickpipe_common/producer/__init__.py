@@ -1,0 +1,1 @@
+"""The producer runtime both producers share: stream → normalise → filter → backup + Kafka."""

@@ -1,0 +1,122 @@
+"""Publishes ticks to Kafka with an idempotent producer and tracks whether Kafka is taking them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from tickpipe_common.logging import get_logger
+from tickpipe_common.producer.metrics import ProducerMetrics
+from tickpipe_common.schema import Tick, encode_tick, kafka_headers
+
+log = get_logger(__name__)
+
+# A message still undelivered this long after the last acknowledgement means Kafka is not
+# taking ticks right now: report not-ready (the CSV backup keeps everything meanwhile).
+STALLED_AFTER_SECONDS = 10.0
+
+
+class KafkaPublisher:
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topic: str,
+        service: str,
+        metrics: ProducerMetrics,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+    ) -> None:
+        self._conf = {**conf, "error_cb": self._on_error}
+        self._topic = topic
+        self._headers = kafka_headers(service)
+        self._metrics = metrics
+        self._factory = producer_factory
+        self._producer = producer_factory(self._conf)
+        self._fatal: KafkaError | None = None
+        self._brokers_down = False
+        self._last_ack = time.monotonic()
+        self.delivered = 0
+        self.failed = 0
+
+    def publish(self, tick: Tick, count_drop: bool = True) -> bool:
+        """Hand one tick to the Kafka client; False if its local queue is full.
+
+        A caller that will retry (replay) passes ``count_drop=False``; the live path does not
+        retry, since the tick is already in the CSV backup and the stream does not wait.
+        """
+        sent_at = time.monotonic()
+        kind, asset_class = tick.kind.value, tick.asset_class.value
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                self.delivered += 1
+                self._last_ack = time.monotonic()
+                self._brokers_down = False
+                self._metrics.published.labels(kind, asset_class).inc()
+                self._metrics.delivery_latency.observe(self._last_ack - sent_at)
+                return
+            self.failed += 1
+            self._metrics.publish_errors.labels(err.name()).inc()
+            if err.fatal():
+                self._fatal = err
+
+        value = encode_tick(tick)
+        for attempt in range(2):
+            try:
+                self._producer.produce(
+                    self._topic,
+                    key=tick.symbol.encode(),
+                    value=value,
+                    headers=self._headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                if attempt == 0:
+                    self._producer.poll(0.05)  # serve callbacks to make room, then try once more
+                    continue
+                if count_drop:
+                    self.failed += 1
+                    self._metrics.publish_errors.labels("queue_full").inc()
+                return False
+        self._producer.poll(0)
+        return True
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery callbacks; replace the producer after a fatal (idempotence) error."""
+        self._producer.poll(timeout)
+        self._metrics.queue_depth.set(len(self._producer))
+        if self._fatal is not None:
+            log.error("kafka_producer_fatal", error=str(self._fatal), action="recreating producer")
+            self._fatal = None
+            self._producer = self._factory(self._conf)
+
+    def flush(self, timeout: float) -> int:
+        """Wait for outstanding deliveries; returns how many are still undelivered."""
+        remaining = int(self._producer.flush(timeout))
+        self._metrics.queue_depth.set(remaining)
+        return remaining
+
+    def check_connection(self, timeout: float) -> bool:
+        try:
+            self._producer.list_topics(self._topic, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
+            log.warning("kafka_unreachable", error=str(exc))
+            self._brokers_down = True
+            return False
+        self._brokers_down = False
+        self._last_ack = time.monotonic()
+        return True
+
+    def healthy(self) -> tuple[bool, dict[str, object]]:
+        pending = len(self._producer)
+        stalled = pending > 0 and time.monotonic() - self._last_ack > STALLED_AFTER_SECONDS
+        ok = not self._brokers_down and not stalled
+        return ok, {"kafka_pending": pending, "kafka_brokers_down": self._brokers_down}
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._brokers_down = True
+        log.warning("kafka_client_error", error=err.str(), code=err.name(), fatal=err.fatal())

@@ -1,0 +1,94 @@
+"""Settings of a producer service. Each service subclasses to set its own defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from tickpipe_common.settings import CommonSettings, KafkaSettings
+
+ALPACA_STREAM_URL = "wss://stream.data.alpaca.markets"
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class ProducerSettings(CommonSettings, KafkaSettings):
+    alpaca_api_key: SecretStr | None = Field(
+        None, description="Alpaca API key id. Unset: the stream must point at the simulator."
+    )
+    alpaca_secret_key: SecretStr | None = Field(None, description="Alpaca API secret key.")
+    alpaca_data_stream_url: str = Field(
+        ALPACA_STREAM_URL,
+        description="Base WebSocket URL of the market-data stream (the simulator's to use it).",
+    )
+    symbols: CommaList = Field(description="Comma-separated symbols to subscribe to.")
+    channels: CommaList = Field(
+        ("trades", "quotes", "bars"),
+        description="Comma-separated channels: trades, quotes, bars, updated_bars, daily_bars"
+        " (and orderbooks for crypto).",
+    )
+    feed: str = Field(description="The Alpaca feed, part of the stream path.")
+    publish_mode: Literal["on_change", "every_tick"] = Field(
+        "on_change",
+        description="on_change publishes a tick only when its price moved; every_tick all.",
+    )
+    backup_dir: Path = Field(
+        Path("backup"), description="Folder of the CSV backup (rotated by day and asset class)."
+    )
+    stale_after_seconds: float = Field(
+        30.0, gt=0, description="No market data for this long: reconnect and report not ready."
+    )
+    reconnect_initial_seconds: float = Field(
+        1.0, gt=0, description="First reconnect delay; doubles per failure, jittered."
+    )
+    reconnect_max_seconds: float = Field(30.0, gt=0, description="Cap of the reconnect delay.")
+
+    @field_validator("symbols", "channels", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _some_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one symbol, e.g. SYMBOLS=AAPL,MSFT")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProducerSettings:
+        unknown = set(self.channels) - self.allowed_channels()
+        if unknown:
+            allowed = ", ".join(sorted(self.allowed_channels()))
+            raise ValueError(f"CHANNELS: unknown {sorted(unknown)}; choose from {allowed}")
+        if not self.channels:
+            raise ValueError("CHANNELS: name at least one channel")
+        keys = (self.alpaca_api_key, self.alpaca_secret_key)
+        if (keys[0] is None) != (keys[1] is None):
+            raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY go together: set both or none")
+        if keys[0] is None and self.alpaca_data_stream_url == ALPACA_STREAM_URL:
+            raise ValueError(
+                "ALPACA_API_KEY/ALPACA_SECRET_KEY are unset: set them for live Alpaca data, or set "
+                "ALPACA_DATA_STREAM_URL to tickpipe-market-sim (e.g. ws://127.0.0.1:8765)"
+            )
+        if self.reconnect_max_seconds < self.reconnect_initial_seconds:
+            raise ValueError("RECONNECT_MAX_SECONDS must be >= RECONNECT_INITIAL_SECONDS")
+        return self
+
+    def allowed_channels(self) -> frozenset[str]:
+        return frozenset({"trades", "quotes", "bars", "updated_bars", "daily_bars"})
+
+    def credentials(self) -> tuple[str, str]:
+        """The keys for the stream's auth message; the simulator accepts any."""
+        if self.alpaca_api_key is None or self.alpaca_secret_key is None:
+            return ("tickpipe-sim", "tickpipe-sim")
+        return (self.alpaca_api_key.get_secret_value(), self.alpaca_secret_key.get_secret_value())

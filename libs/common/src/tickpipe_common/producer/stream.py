@@ -1,0 +1,116 @@
+"""Keeps an alpaca-py data stream running: subscribe, supervise, reconnect, watch for silence.
+
+alpaca-py (0.44) reconnects by itself with capped, jittered backoff and, given
+``data_timeout``, drops a connection that has gone quiet. We configure both from our settings
+and add what it lacks: connect counting for metrics, an outer restart with our own backoff for
+when its loop gives up (it returns on "insufficient subscription" and may raise), and a fast,
+clean stop for SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from tickpipe_common.backoff import Backoff
+from tickpipe_common.logging import get_logger
+
+log = get_logger(__name__)
+
+MessageHandler = Callable[[Mapping[str, Any]], None]
+# Builds a fresh alpaca-py DataStream (StockDataStream or CryptoDataStream), raw_data=True.
+StreamFactory = Callable[[], Any]
+
+# Our channel names → alpaca-py's subscribe method suffixes.
+SUBSCRIBE_METHODS = {
+    "trades": "subscribe_trades",
+    "quotes": "subscribe_quotes",
+    "bars": "subscribe_bars",
+    "updated_bars": "subscribe_updated_bars",
+    "daily_bars": "subscribe_daily_bars",
+    "orderbooks": "subscribe_orderbooks",
+}
+
+
+class StreamSupervisor:
+    def __init__(
+        self,
+        make_stream: StreamFactory,
+        symbols: Sequence[str],
+        channels: Sequence[str],
+        on_message: MessageHandler,
+        on_connect: Callable[[], None],
+        backoff: Backoff,
+    ) -> None:
+        self._make_stream = make_stream
+        self._symbols = tuple(symbols)
+        self._channels = tuple(channels)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._backoff = backoff
+        self.connected = False
+
+    def _build(self) -> Any:
+        stream = self._make_stream()
+
+        async def handler(msg: Mapping[str, Any]) -> None:
+            self._on_message(msg)
+
+        for channel in self._channels:
+            getattr(stream, SUBSCRIBE_METHODS[channel])(handler, *self._symbols)
+
+        # alpaca-py has no connect callback; wrap this instance's connect+auth step so each
+        # successful (re)connect is seen. Instance attributes shadow the class's method.
+        start_ws: Callable[[], Awaitable[None]] = stream._start_ws
+
+        async def start_ws_and_report() -> None:
+            self.connected = False
+            await start_ws()
+            self.connected = True
+            self._backoff.reset()
+            self._on_connect()
+
+        stream._start_ws = start_ws_and_report
+        return stream
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            stream = self._build()
+            task = asyncio.create_task(stream._run_forever(), name="alpaca-stream")
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                await self._shutdown(stream, task)
+                return
+            stopper.cancel()
+            self.connected = False
+            error = task.exception()
+            delay = self._backoff.next_delay()
+            log.warning(
+                "stream_ended",
+                error=str(error) if error else "stream loop returned",
+                retry_in_seconds=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _shutdown(self, stream: Any, task: asyncio.Task[None]) -> None:
+        # stop_ws() asks the loop to end; closing the socket wakes a recv() that may wait 5 s.
+        await stream.stop_ws()
+        with contextlib.suppress(Exception):
+            await stream.close()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutting down regardless
+            log.warning("stream_stop_unclean", error=str(exc))
+            task.cancel()
+        self.connected = False
+
+
+def apply_reconnect_policy(stream: Any, initial: float, maximum: float) -> Any:
+    """Set alpaca-py's own reconnect backoff bounds (no public setter exists in 0.44)."""
+    stream._reconnect_min_backoff = initial
+    stream._reconnect_max_backoff = maximum
+    return stream

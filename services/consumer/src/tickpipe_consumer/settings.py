@@ -1,0 +1,102 @@
+"""The consumer's settings: the shared mixins plus what only the database writer needs.
+
+Every field has a description because the README's settings table is written from them.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from tickpipe_common.settings import CommonSettings, DatabaseSettings, KafkaSettings
+
+
+class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
+    kafka_group_id: str = Field(
+        "tickpipe-consumer",
+        min_length=1,
+        description="Kafka consumer group; every replica of the consumer uses the same one.",
+    )
+    kafka_dlq_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Topic for messages that fail validation; empty means `<KAFKA_TOPIC>.dlq`.",
+    )
+    batch_max_messages: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="A batch is written once it holds this many messages.",
+    )
+    batch_max_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Or once its first message is this many seconds old, whichever comes first.",
+    )
+    max_future_seconds: int = Field(
+        300,
+        ge=0,
+        description="Ticks whose exchange timestamp is further ahead of the clock go to the DLQ.",
+    )
+    db_retry_initial_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="First wait before retrying a failed database write (doubles, jittered).",
+    )
+    db_retry_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait between database retries.",
+    )
+    db_connect_timeout_seconds: int = Field(
+        5,
+        ge=2,
+        le=300,
+        description="libpq connect_timeout for each database connection attempt.",
+    )
+    db_statement_timeout_seconds: int = Field(
+        60,
+        ge=0,
+        description="Server-side statement_timeout of the writer's session; 0 disables it.",
+    )
+    apply_migrations: bool = Field(
+        True,
+        description="Apply the schema migrations at start (else run `tickpipe-consumer migrate`).",
+    )
+    retention_days: int = Field(
+        0,
+        ge=0,
+        description="TimescaleDB only: drop raw ticks older than this many days; 0 keeps all.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, how long to keep retrying the batch in hand before giving up "
+        "(its offsets stay uncommitted, so it is read again after the restart).",
+    )
+
+    @field_validator("kafka_dlq_topic", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        # `KAFKA_DLQ_TOPIC=` in a compose file or chart means "use the default".
+        return None if value == "" else value
+
+    @field_validator("kafka_dlq_topic")
+    @classmethod
+    def _dlq_differs_from_topic(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Rejected messages written back to the tick topic would be rejected again, forever.
+        if value is not None and value == info.data.get("kafka_topic"):
+            raise ValueError("must differ from KAFKA_TOPIC")
+        return value
+
+    @field_validator("db_retry_max_seconds")
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("db_retry_initial_seconds")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least DB_RETRY_INITIAL_SECONDS ({initial})")
+        return value
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.kafka_dlq_topic or f"{self.kafka_topic}.dlq"

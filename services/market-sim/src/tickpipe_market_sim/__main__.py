@@ -1,0 +1,103 @@
+"""Entry point: settings → logging → server. The only place that wires objects together.
+
+``python -m tickpipe_market_sim`` or ``tickpipe-market-sim``. SIGTERM/SIGINT close every
+client with 1001 (going away) and exit 0. A bad setting exits 2 naming the variable.
+Tests start an in-process server with :func:`build_server` (same wiring, port 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from prometheus_client import CollectorRegistry
+
+from tickpipe_common.logging import configure_logging, get_logger
+from tickpipe_common.settings import load_settings
+from tickpipe_market_sim.auth import Authenticator
+from tickpipe_market_sim.clock import EventClock
+from tickpipe_market_sim.hub import FeedHub, Hub, steps_per_bar
+from tickpipe_market_sim.server import WEBSOCKETS_LOGGER, SimServer
+from tickpipe_market_sim.settings import SimSettings
+from tickpipe_market_sim.stats import SentStats, SimMetrics
+from tickpipe_market_sim.universe import build_feeds
+
+SERVICE = "market-sim"
+log = get_logger("tickpipe_market_sim")
+
+
+def build_server(settings: SimSettings, registry: CollectorRegistry | None = None) -> SimServer:
+    """Everything a running simulator consists of, from its settings. Each server gets
+    its own metrics registry unless one is given, so several can live in one process."""
+    registry = registry if registry is not None else CollectorRegistry()
+    stats = SentStats(settings.seed, SimMetrics(registry))
+    clock = EventClock()
+    bar_steps = steps_per_bar(settings.bar_interval, settings.rate_per_symbol)
+    feeds = {
+        path: FeedHub(
+            feed,
+            seed=settings.seed,
+            clock=clock,
+            stats=stats,
+            steps_per_bar=bar_steps,
+            bar_interval_ns=round(settings.bar_interval * 1e9),
+            max_events=settings.max_events_per_symbol,
+        )
+        for path, feed in build_feeds(settings.stock_symbols, settings.crypto_symbols).items()
+    }
+    hub = Hub(feeds, rate_per_symbol=settings.rate_per_symbol, max_rate=settings.max_rate)
+    secret = settings.api_secret.get_secret_value() if settings.api_secret else None
+    auth = Authenticator(settings.api_key, secret, settings.max_connections)
+    return SimServer(
+        host=settings.host,
+        port=settings.port,
+        feeds=feeds,
+        hub=hub,
+        auth=auth,
+        stats=stats,
+        registry=registry,
+        auth_timeout=settings.auth_timeout,
+        symbol_limit=settings.symbol_limit,
+        send_queue_limit=settings.send_queue_limit,
+        config={
+            "seed": settings.seed,
+            "rate_per_symbol": settings.rate_per_symbol,
+            "max_rate": settings.max_rate,
+            "max_events_per_symbol": settings.max_events_per_symbol,
+            "bar_interval": settings.bar_interval,
+            "steps_per_bar": bar_steps,
+            "stock_symbols": list(settings.stock_symbols),
+            "crypto_symbols": list(settings.crypto_symbols),
+            "auth_required": settings.api_key is not None,
+            "symbol_limit": settings.symbol_limit,
+            "max_connections": settings.max_connections,
+        },
+    )
+
+
+async def run(settings: SimSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then close every client with 1001."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = build_server(settings)
+    await server.start()
+    try:
+        await stop.wait()
+        log.info("signal_received")
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    settings = load_settings(SimSettings)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    # One line per probe or handshake from websockets is noise; its warnings still show.
+    WEBSOCKETS_LOGGER.setLevel(max(logging.WARNING, logging.getLogger().level))
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Settings of producer-stocks: the common producer settings with stock defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tickpipe_common.producer.settings import CommaList, ProducerSettings
+
+
+class StockProducerSettings(ProducerSettings):
+    symbols: CommaList = Field(
+        ("AAPL", "MSFT", "NVDA", "TSLA", "SPY"),
+        description="Comma-separated stock symbols (FAKEPACA on the test feed).",
+    )
+    feed: Literal["iex", "sip", "delayed_sip", "test"] = Field(
+        "iex", description="Stock feed: iex, sip, delayed_sip or test (/v2/<feed>)."
+    )

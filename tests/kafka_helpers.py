@@ -1,0 +1,34 @@
+"""Reading a topic back in tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
+    """Every message of ``topic`` from the start, waiting until ``expected`` have arrived
+    (then one more short poll, so that extra messages are seen too)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=0.5)
+            messages.extend(m for m in batch if m.error() is None)
+            if len(messages) >= expected:
+                messages.extend(m for m in consumer.consume(1000, timeout=1.0) if m.error() is None)
+                break
+    finally:
+        consumer.close()
+    return messages

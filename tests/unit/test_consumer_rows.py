@@ -1,0 +1,219 @@
+"""Tick → market_ticks row: exact timestamps, arrays, orderbook JSON, and the last checks."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from importlib import resources
+
+import pytest
+
+from tickpipe_common.schema import AssetClass, RejectReason, Tick, TickKind, TickRejected
+from tickpipe_consumer.migrations import load_migrations
+from tickpipe_consumer.rows import (
+    COLUMN_NAMES,
+    COLUMN_TYPES,
+    producer_from_headers,
+    tick_to_row,
+)
+
+TS = "2024-03-01T14:30:00.123456789Z"
+TS_NS = 1_709_303_400_123_456_789
+
+
+def _trade(**overrides: object) -> Tick:
+    fields: dict[str, object] = {
+        "kind": "trade",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts": TS,
+        "received_at": "2024-03-01T14:30:00.200000001Z",
+        "feed": "iex",
+        "price": 171.25,
+        "size": 100.0,
+        "exchange": "V",
+        "trade_id": 52983525029461,
+        "conditions": ["@", "I"],
+        "tape": "C",
+    }
+    fields.update(overrides)
+    return Tick.model_validate(fields)
+
+
+def _column(row: tuple[object, ...], name: str) -> object:
+    return row[COLUMN_NAMES.index(name)]
+
+
+def test_timestamps_are_exact_ns_and_truncated_us() -> None:
+    row = tick_to_row(_trade(), "producer-stocks")
+    assert _column(row, "ts_ns") == TS_NS
+    assert _column(row, "ts") == datetime(2024, 3, 1, 14, 30, 0, 123456, tzinfo=UTC)
+    # .200000001 s: the microsecond column truncates, never rounds.
+    assert _column(row, "received_at") == datetime(2024, 3, 1, 14, 30, 0, 200000, tzinfo=UTC)
+
+
+def test_microsecond_is_truncated_not_rounded() -> None:
+    row = tick_to_row(_trade(ts="2024-12-31T23:59:59.999999999Z"), None)
+    assert _column(row, "ts") == datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert _column(row, "ts_ns") == 1_735_689_599_999_999_999
+
+
+def test_trade_row_fields() -> None:
+    tick = _trade()
+    row = tick_to_row(tick, "producer-stocks")
+    assert len(row) == len(COLUMN_NAMES) == len(COLUMN_TYPES)
+    assert _column(row, "tick_id") == tick.tick_id
+    assert _column(row, "kind") == "trade"
+    assert _column(row, "asset_class") == "stock"
+    assert _column(row, "price") == 171.25
+    assert _column(row, "trade_id") == 52983525029461
+    assert _column(row, "conditions") == ["@", "I"]
+    assert _column(row, "producer") == "producer-stocks"
+    for name in ("bid_price", "open", "bids", "asks", "reset", "vwap", "trade_count"):
+        assert _column(row, name) is None, name
+
+
+def test_trade_without_conditions_is_null_not_empty_array() -> None:
+    row = tick_to_row(_trade(conditions=None), None)
+    assert _column(row, "conditions") is None
+    row = tick_to_row(_trade(conditions=[]), None)
+    assert _column(row, "conditions") == []
+
+
+def test_orderbook_levels_become_json_with_exact_floats() -> None:
+    tick = Tick.model_validate(
+        {
+            "kind": "orderbook",
+            "asset_class": "crypto",
+            "symbol": "BTC/USD",
+            "ts": TS,
+            "received_at": TS,
+            "feed": "us",
+            "bids": [{"price": 64123.1, "size": 0.0123456789}, {"price": 64123.0, "size": 0}],
+            "asks": [],
+            "reset": True,
+        }
+    )
+    row = tick_to_row(tick, None)
+    assert _column(row, "bids") == [
+        {"price": 64123.1, "size": 0.0123456789},
+        {"price": 64123.0, "size": 0.0},
+    ]
+    assert _column(row, "asks") == []
+    assert _column(row, "reset") is True
+    assert _column(row, "price") is None
+
+
+def test_quote_and_bar_fields() -> None:
+    quote = Tick.model_validate(
+        {
+            "kind": "quote",
+            "asset_class": "stock",
+            "symbol": "MSFT",
+            "ts": TS,
+            "received_at": TS,
+            "feed": "sip",
+            "bid_price": 410.1,
+            "bid_size": 3,
+            "bid_exchange": "Q",
+            "ask_price": 410.2,
+            "ask_size": 5,
+            "ask_exchange": "N",
+        }
+    )
+    row = tick_to_row(quote, None)
+    assert (_column(row, "bid_price"), _column(row, "ask_exchange")) == (410.1, "N")
+    bar = Tick.model_validate(
+        {
+            "kind": "bar",
+            "asset_class": "crypto",
+            "symbol": "ETH/USD",
+            "ts": "2024-03-01T14:30:00Z",
+            "received_at": TS,
+            "feed": "us",
+            "open": 1.0,
+            "high": 2.0,
+            "low": 0.5,
+            "close": 1.5,
+            "volume": 10.25,
+            "vwap": 1.2,
+            "trade_count": 7,
+        }
+    )
+    row = tick_to_row(bar, None)
+    assert _column(row, "ts_ns") == 1_709_303_400_000_000_000
+    assert [_column(row, c) for c in ("open", "high", "low", "close", "volume", "vwap")] == [
+        1.0,
+        2.0,
+        0.5,
+        1.5,
+        10.25,
+        1.2,
+    ]
+    assert _column(row, "trade_count") == 7
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"exchange": "V\x00"}, "exchange"),
+        ({"conditions": ["@", "\x00"]}, "conditions"),
+        ({"trade_id": 2**63}, "trade_id"),
+        ({"received_at": 10**30}, "received_at"),
+    ],
+)
+def test_values_postgres_cannot_store_are_rejected(
+    overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(TickRejected) as caught:
+        tick_to_row(_trade(**overrides), None)
+    assert caught.value.reason is RejectReason.INVALID_VALUE
+    assert caught.value.detail.startswith(field)
+
+
+def test_largest_int8_trade_id_is_fine() -> None:
+    row = tick_to_row(_trade(trade_id=2**63 - 1), None)
+    assert _column(row, "trade_id") == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (None, None),
+        ([], None),
+        ([("content-type", b"application/json")], None),
+        ([("tickpipe-producer", b"producer-crypto")], "producer-crypto"),
+        ([("tickpipe-producer", None)], None),
+        ([("tickpipe-producer", b"bad\x00\xff")], "bad\ufffd"),
+        ({"tickpipe-producer": "producer-stocks"}, "producer-stocks"),
+    ],
+)
+def test_producer_header(headers: object, expected: str | None) -> None:
+    assert producer_from_headers(headers) == expected  # type: ignore[arg-type]
+
+
+def test_table_migration_matches_columns_and_enums() -> None:
+    """The SQL schema and this mapping must not drift apart from the schema's enums."""
+    table_sql = load_migrations()[0].sql.decode()
+    for name in (*COLUMN_NAMES, "ingested_at"):
+        assert re.search(rf"^\s+{name}\s", table_sql, re.MULTILINE), name
+    assert _check_values(table_sql, "market_ticks_kind_check") == {k.value for k in TickKind}
+    assert _check_values(table_sql, "market_ticks_asset_class_check") == {
+        a.value for a in AssetClass
+    }
+
+
+def _check_values(table_sql: str, constraint: str) -> set[str]:
+    clause = re.search(rf"{constraint} CHECK \((.*?)\)", table_sql, re.DOTALL)
+    assert clause is not None, constraint
+    return set(re.findall(r"'(\w+)'", clause.group(1)))
+
+
+def test_migrations_are_packaged_in_order() -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert migrations[0].name == "market_ticks"
+    folder = resources.files("tickpipe_consumer").joinpath("migrations")
+    assert sorted(e.name for e in folder.iterdir() if e.name.endswith(".sql")) == [
+        f"{m.version:04d}_{m.name}.sql" for m in migrations
+    ]

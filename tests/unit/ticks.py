@@ -1,0 +1,85 @@
+"""Tick builders shared by the unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tickpipe_common.schema import Tick
+
+TS = 1_709_303_400_123_456_789
+
+
+def trade(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "trade",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS,
+        "received_ns": TS + 1_000_000,
+        "feed": "iex",
+        "price": 187.25,
+        "size": 100.0,
+        "exchange": "V",
+        "trade_id": 42,
+        "conditions": ("@", "I"),
+        "tape": "C",
+    }
+    fields.update(overrides)
+    return Tick(**fields)
+
+
+def quote(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "quote",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS,
+        "received_ns": TS + 1_000_000,
+        "feed": "iex",
+        "bid_price": 187.2,
+        "bid_size": 3.0,
+        "bid_exchange": "V",
+        "ask_price": 187.3,
+        "ask_size": 1.0,
+        "ask_exchange": "V",
+        "conditions": ("R",),
+        "tape": "C",
+    }
+    fields.update(overrides)
+    return Tick(**fields)
+
+
+def bar(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "bar",
+        "asset_class": "crypto",
+        "symbol": "BTC/USD",
+        "ts_ns": 1_709_303_400_000_000_000,
+        "received_ns": TS,
+        "feed": "us",
+        "open": 61_000.5,
+        "high": 61_100.0,
+        "low": 60_990.25,
+        "close": 61_050.0,
+        "volume": 1.234567,
+        "vwap": 61_040.1,
+        "trade_count": 17,
+    }
+    fields.update(overrides)
+    return Tick(**fields)
+
+
+def orderbook(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "orderbook",
+        "asset_class": "crypto",
+        "symbol": "BTC/USD",
+        "ts_ns": TS,
+        "received_ns": TS + 5,
+        "feed": "us",
+        "bids": ({"price": 61_000.0, "size": 0.5}, {"price": 60_999.5, "size": 0.0}),
+        "asks": ({"price": 61_001.0, "size": 1.25},),
+        "reset": True,
+    }
+    fields.update(overrides)
+    return Tick(**fields)
