@@ -91,3 +91,17 @@ def _exit_with(cls: type[BaseSettings], exc: ValidationError) -> NoReturn:
     for line in describe_errors(exc):
         print(line, file=sys.stderr)  # noqa: T201
     raise SystemExit(2)
+
+
+def environment_variables(cls: type[BaseSettings]) -> dict[str, bool]:
+    """Every environment variable a settings class reads → whether it is required.
+
+    For documentation and drift checks (README tables, deployment manifests).
+    """
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names = {}
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        env = alias if isinstance(alias, str) else prefix + name
+        names[env.upper()] = field.is_required()
+    return names

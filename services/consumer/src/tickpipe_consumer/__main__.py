@@ -35,7 +35,7 @@ from tickpipe_consumer.migrations import apply_migrations, apply_retention, data
 from tickpipe_consumer.settings import ConsumerSettings
 from tickpipe_consumer.writer import TickWriter
 
-SERVICE = "tickpipe-consumer"
+SERVICE = "consumer"
 _EXIT_FLUSH_SECONDS = 5.0
 _QUIET_SQLSTATES = frozenset({"42P07", "42710"})  # duplicate_table, duplicate_object
 

@@ -46,16 +46,18 @@ class KafkaPublisher:
         A caller that will retry (replay) passes ``count_drop=False``; the live path does not
         retry, since the tick is already in the CSV backup and the stream does not wait.
         """
-        sent_at = time.monotonic()
         kind, asset_class = tick.kind.value, tick.asset_class.value
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 self.delivered += 1
                 self._last_ack = time.monotonic()
                 self._brokers_down = False
                 self._metrics.published.labels(kind, asset_class).inc()
-                self._metrics.delivery_latency.observe(self._last_ack - sent_at)
+                # librdkafka's own produce()→ack time, not delayed by when we serve callbacks.
+                latency = msg.latency()
+                if latency is not None:
+                    self._metrics.delivery_latency.observe(latency)
                 return
             self.failed += 1
             self._metrics.publish_errors.labels(err.name()).inc()

@@ -1,0 +1,234 @@
+"""The whole pipeline as separate processes: simulator → both producers → Kafka → consumer →
+PostgreSQL, for a fixed amount of ticks. Afterwards the table must hold exactly what was
+published — none missing, none twice — reconciled against the simulator's ``/stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.processes import Service, free_port, http_get, http_json
+
+EVENTS_PER_SYMBOL = 150
+STOCKS = ("AAPL", "MSFT")
+CRYPTO = ("BTC/USD", "ETH/USD")
+STOCK_PATH, CRYPTO_PATH = "/v2/iex", "/v1beta3/crypto/us"
+SECRET = "e2e-secret-" + uuid.uuid4().hex
+
+
+def _metric(port: int, name: str) -> float:
+    """Sum of every sample of one metric on a service's /metrics."""
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _db_counts(dsn: str) -> Counter[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT symbol, kind, count(*) FROM market_ticks GROUP BY 1, 2")
+        return Counter({(symbol, kind): n for symbol, kind, n in rows})
+
+
+def _sent(stats: dict[str, Any]) -> Counter[tuple[str, str]]:
+    sent: Counter[tuple[str, str]] = Counter()
+    for per_symbol in stats["sent"].values():
+        for symbol, kinds in per_symbol.items():
+            for kind, n in kinds.items():
+                sent[(symbol, kind)] += n
+    return sent
+
+
+@pytest.fixture
+def pipeline(
+    kafka_bootstrap: str, fresh_topic: str, fresh_database: str, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
+    sim_port = free_port()
+    ports = {"stocks": free_port(), "crypto": free_port(), "consumer": free_port()}
+    kafka = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": fresh_topic}
+    producer_env = {
+        **kafka,
+        "ALPACA_DATA_STREAM_URL": f"ws://127.0.0.1:{sim_port}",
+        "PUBLISH_MODE": "every_tick",
+        "BACKUP_DIR": str(tmp_path / "backup"),
+        "HTTP_HOST": "127.0.0.1",
+        # A configured secret must never reach a log line (checked below).
+        "KAFKA_SASL_PASSWORD": SECRET,
+    }
+    services = {
+        "sim": Service(
+            "market-sim",
+            "tickpipe_market_sim",
+            {
+                "SIM_HOST": "127.0.0.1",
+                "SIM_PORT": str(sim_port),
+                "SIM_RATE_PER_SYMBOL": "60",
+                "SIM_MAX_EVENTS_PER_SYMBOL": str(EVENTS_PER_SYMBOL),
+                "SIM_BAR_INTERVAL": "0.5",
+            },
+            tmp_path / "sim.log",
+        ),
+        "consumer": Service(
+            "consumer",
+            "tickpipe_consumer",
+            {
+                **kafka,
+                "DATABASE_URL": fresh_database,
+                "KAFKA_GROUP_ID": f"e2e-{uuid.uuid4().hex[:8]}",
+                "HTTP_PORT": str(ports["consumer"]),
+                "HTTP_HOST": "127.0.0.1",
+                "BATCH_MAX_SECONDS": "0.2",
+            },
+            tmp_path / "consumer.log",
+        ),
+        "stocks": Service(
+            "producer-stocks",
+            "tickpipe_producer_stocks",
+            {
+                **producer_env,
+                "SYMBOLS": ",".join(STOCKS),
+                "CHANNELS": "trades,quotes,bars",
+                "HTTP_PORT": str(ports["stocks"]),
+            },
+            tmp_path / "producer-stocks.log",
+        ),
+        "crypto": Service(
+            "producer-crypto",
+            "tickpipe_producer_crypto",
+            {
+                **producer_env,
+                "SYMBOLS": ",".join(CRYPTO),
+                "CHANNELS": "trades,quotes,bars,orderbooks",
+                "HTTP_PORT": str(ports["crypto"]),
+            },
+            tmp_path / "producer-crypto.log",
+        ),
+    }
+    try:
+        services["sim"].start().wait_http(f"http://127.0.0.1:{sim_port}/healthz")
+        services["consumer"].start().wait_http(f"http://127.0.0.1:{ports['consumer']}/readyz")
+        for name in ("stocks", "crypto"):
+            services[name].start().wait_http(f"http://127.0.0.1:{ports[name]}/healthz")
+        yield {
+            "services": services,
+            "ports": ports,
+            "sim_port": sim_port,
+            "dsn": fresh_database,
+            "env": producer_env,
+            "tmp": tmp_path,
+        }
+    finally:
+        for service in services.values():
+            if service.process is not None and service.process.poll() is None:
+                service.process.kill()
+                service.process.wait()
+
+
+def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -> None:
+    services, ports, dsn = pipeline["services"], pipeline["ports"], pipeline["dsn"]
+    stats_url = f"http://127.0.0.1:{pipeline['sim_port']}/stats"
+
+    # 1. The simulator sends its fixed amount of trades and quotes for every symbol.
+    def feed_done() -> bool:
+        sent = _sent(http_json(stats_url))
+        return all(
+            sent[(symbol, kind)] >= EVENTS_PER_SYMBOL
+            for symbol in STOCKS + CRYPTO
+            for kind in ("trade", "quote")
+        )
+
+    _wait(feed_done, 90, "the simulator to send every tick")
+    time.sleep(2)  # the last bars and order books of the run
+    stats = http_json(stats_url)
+    sent = _sent(stats)
+    assert sum(sent.values()) == stats["totals"]["messages"]
+
+    # 2. Everything sent lands in the table: compare per symbol and kind.
+    _wait(lambda: sum(_db_counts(dsn).values()) >= sum(sent.values()), 60, "rows to land")
+    time.sleep(1)
+    assert _db_counts(dsn) == sent
+
+    # 3. The producers published (acks=all) and backed up exactly what they received.
+    published = sum(
+        _metric(ports[n], "tickpipe_producer_ticks_published_total") for n in ("stocks", "crypto")
+    )
+    assert published == sum(sent.values())
+    backup_rows = sum(
+        len(path.read_text().splitlines()) - 1
+        for path in (pipeline["tmp"] / "backup").rglob("*.csv")
+    )
+    assert backup_rows == sum(sent.values())
+
+    with psycopg.connect(dsn) as conn:
+        # Trade ids run 1..N per symbol: nothing missing, nothing twice.
+        for symbol in STOCKS + CRYPTO:
+            rows = conn.execute(
+                "SELECT trade_id FROM market_ticks"
+                " WHERE symbol = %s AND kind = 'trade' ORDER BY trade_id",
+                (symbol,),
+            )
+            ids = [r[0] for r in rows]
+            assert ids == list(range(1, EVENTS_PER_SYMBOL + 1)), symbol
+        # Nanoseconds survive: the simulator never sends whole microseconds.
+        whole_micros, mismatched = conn.execute(
+            "SELECT count(*) FILTER (WHERE ts_ns % 1000 = 0),"
+            " count(*) FILTER (WHERE ts_ns / 1000 <> (extract(epoch FROM ts) * 1000000)::bigint)"
+            " FROM market_ticks WHERE kind IN ('trade', 'quote')"
+        ).fetchone() or (None, None)
+        assert (whole_micros, mismatched) == (0, 0)
+
+    # 4. Replaying the stock backup publishes everything again; the table does not change.
+    stock_rows = sum(n for (symbol, _), n in sent.items() if symbol in STOCKS)
+    replay = subprocess.run(
+        [sys.executable, "-m", "tickpipe_producer_stocks", "replay", "--since", "2000-01-01"],
+        env={**pipeline["env"], "PATH": "/usr/bin:/bin", "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stderr + replay.stdout
+    assert f"replayed {stock_rows} ticks: {stock_rows} delivered, 0 failed" in replay.stdout
+    consumer_port = ports["consumer"]
+    _wait(
+        lambda: _metric(consumer_port, "tickpipe_consumer_duplicates_skipped_total") >= stock_rows,
+        60,
+        "the consumer to see the replay",
+    )
+    assert _db_counts(dsn) == sent
+
+    # 5. SIGTERM: every service stops cleanly.
+    for name in ("stocks", "crypto", "consumer", "sim"):
+        assert services[name].stop() == 0, services[name].log_tail()
+
+    # 6. Logs: one JSON object per line with the agreed fields, and no secret anywhere.
+    for service in services.values():
+        text = service.log_path.read_text()
+        assert SECRET not in text, f"{service.name} logged a secret"
+        for line in text.splitlines():
+            record = json.loads(line)
+            assert {"time", "level", "service", "event"} <= record.keys(), line
+    assert SECRET not in replay.stdout + replay.stderr
