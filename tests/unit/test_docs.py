@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic_settings import BaseSettings
+
 from tickpipe_common.settings import environment_variables
 from tickpipe_consumer.settings import ConsumerSettings
 from tickpipe_market_sim.settings import SimSettings
@@ -17,7 +19,12 @@ STACK_VARIABLES = {"TICKPIPE_RUN_DIR", "TICKPIPE_KAFKA_PORT", "TICKPIPE_PG_PORT"
 
 def test_every_setting_is_in_the_readme_tables() -> None:
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", README.read_text(), re.MULTILINE))
-    classes = [StockProducerSettings, CryptoProducerSettings, ConsumerSettings, SimSettings]
+    classes: list[type[BaseSettings]] = [
+        StockProducerSettings,
+        CryptoProducerSettings,
+        ConsumerSettings,
+        SimSettings,
+    ]
     real = set().union(*(environment_variables(c) for c in classes)) | STACK_VARIABLES
     assert real - documented == set(), "settings missing from README"
     assert documented - real == set(), "README documents settings that do not exist"
