@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from tickpipe_common.settings import KafkaSettings
@@ -18,6 +19,8 @@ def client_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         # Reconnect to a lost broker quickly at first, then back off (librdkafka jitters it).
         "reconnect.backoff.ms": 100,
         "reconnect.backoff.max.ms": 10_000,
+        # librdkafka's own log lines go through our logging (JSON on stdout), not raw stderr.
+        "logger": logging.getLogger("librdkafka"),
     }
     if settings.kafka_security_protocol.startswith("SASL"):
         if not (settings.kafka_sasl_mechanism and settings.kafka_sasl_username):
@@ -71,4 +74,8 @@ def consumer_config(settings: KafkaSettings, client_id: str, group_id: str) -> d
 
 def masked(conf: dict[str, Any]) -> dict[str, Any]:
     """A copy safe to log: secret values replaced by asterisks."""
-    return {k: ("*****" if k in _SECRET_KEYS else v) for k, v in conf.items()}
+    return {
+        k: ("*****" if k in _SECRET_KEYS else v)
+        for k, v in conf.items()
+        if not callable(v) and not isinstance(v, logging.Logger)
+    }

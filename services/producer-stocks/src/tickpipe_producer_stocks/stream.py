@@ -1,4 +1,4 @@
-"""alpaca-py's stock stream, raw messages, pointed at the configured URL."""
+"""alpaca-py's stock stream, pointed at the configured URL."""
 
 from __future__ import annotations
 
@@ -7,23 +7,12 @@ from typing import Any
 from alpaca.data.live import StockDataStream
 
 from tickpipe_common.producer.settings import ProducerSettings
-from tickpipe_common.producer.stream import apply_reconnect_policy
+from tickpipe_common.producer.stream import build_alpaca_stream
 
 
 def stock_stream_path(feed: str) -> str:
-    return f"/v2/{feed}"
+    return "/v2/" + feed
 
 
 def make_stock_stream(settings: ProducerSettings, url: str) -> Any:
-    key, secret = settings.credentials()
-    # url_override carries the feed path, so delayed_sip and test work as well as iex/sip.
-    stream = StockDataStream(
-        key,
-        secret,
-        raw_data=True,
-        url_override=url,
-        data_timeout=settings.stale_after_seconds,
-    )
-    return apply_reconnect_policy(
-        stream, settings.reconnect_initial_seconds, settings.reconnect_max_seconds
-    )
+    return build_alpaca_stream(StockDataStream, settings, url)

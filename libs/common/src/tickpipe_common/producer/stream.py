@@ -16,6 +16,7 @@ from typing import Any
 
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.logging import get_logger
+from tickpipe_common.producer.settings import ProducerSettings
 
 log = get_logger(__name__)
 
@@ -109,8 +110,22 @@ class StreamSupervisor:
         self.connected = False
 
 
-def apply_reconnect_policy(stream: Any, initial: float, maximum: float) -> Any:
-    """Set alpaca-py's own reconnect backoff bounds (no public setter exists in 0.44)."""
-    stream._reconnect_min_backoff = initial
-    stream._reconnect_max_backoff = maximum
+def build_alpaca_stream(stream_class: Any, settings: ProducerSettings, url: str) -> Any:
+    """An alpaca-py ``StockDataStream`` or ``CryptoDataStream`` as the producers use it.
+
+    ``raw_data=True`` keeps the msgpack timestamps (nanoseconds); ``url_override`` carries
+    the feed path, so every feed (delayed_sip, test, the simulator) works the same way;
+    ``data_timeout`` is alpaca-py's own silent-stream reconnect.
+    """
+    key, secret = settings.credentials()
+    stream = stream_class(
+        key,
+        secret,
+        raw_data=True,
+        url_override=url,
+        data_timeout=settings.stale_after_seconds,
+    )
+    # alpaca-py's reconnect backoff bounds; 0.44 has no public setter for them.
+    stream._reconnect_min_backoff = settings.reconnect_initial_seconds
+    stream._reconnect_max_backoff = settings.reconnect_max_seconds
     return stream
