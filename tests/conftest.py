@@ -7,7 +7,7 @@ Where they come from, in order:
 3. the project's local process stack (``deploy/local/stack.sh``), started on demand.
 
 Under ``CI=true`` a service that cannot be had fails the test run; it never skips.
-Markers follow the folder a test lives in (unit, integration, e2e).
+Markers follow the folder a test lives in (unit, integration, e2e, deploy).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.path)).relative_to(REPO / "tests").parts[0]
-        if folder in ("unit", "integration", "e2e"):
+        if folder in ("unit", "integration", "e2e", "deploy"):
             item.add_marker(getattr(pytest.mark, folder))
 
 
