@@ -45,10 +45,13 @@ stack-down: ## stop Kafka and PostgreSQL
 lint: venv ## ruff and mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src services/*/src tests
+	$(BIN)/mypy libs/common/src services/*/src tests bench
 
 test: venv stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest
+
+bench: venv stack-up ## benchmark the consumer's write path against hand-written alternatives
+	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/write_path.py
 
 unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest tests/unit
