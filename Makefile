@@ -6,10 +6,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
+RUN := deploy/compose/run.sh
+KIND := deploy/kind/kind.sh
+# Pinned tools outside the virtualenv (`make tools`): helm, built from its Go module.
+HELM_VERSION := v3.22.0
+TOOLS_BIN := $(CURDIR)/.tools/bin
+HELM := $(TOOLS_BIN)/helm
 PACKAGES := -e libs/common -e services/producer-stocks -e services/producer-crypto \
             -e services/consumer -e services/market-sim
 
-.PHONY: help venv up down ps logs psql test lint typecheck unit integration e2e stack-up stack-down bench
+.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,20 +27,41 @@ $(BIN)/.installed: constraints.txt requirements-dev.txt libs/common/pyproject.to
 
 venv: $(BIN)/.installed ## create .venv with every package (editable) and the dev tools
 
-up: venv ## run the whole pipeline (simulator unless ALPACA_API_KEY is set) and say where things are
-	@$(STACK) up
+tools: ## install pinned helm into .tools/bin (go install; skipped when that version is there)
+	@if go version -m $(HELM) 2>/dev/null | grep -Eq '^[[:space:]]+mod[[:space:]]+helm\.sh/helm/v3[[:space:]]+$(HELM_VERSION)[[:space:]]'; then \
+		echo "helm $(HELM_VERSION) is in .tools/bin"; \
+	else \
+		command -v go >/dev/null || { echo "make tools: Go is needed to build helm $(HELM_VERSION)" >&2; exit 1; }; \
+		echo "building helm $(HELM_VERSION) into .tools/bin"; \
+		GOBIN=$(TOOLS_BIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	fi
 
-down: ## stop the pipeline and its local services
-	@$(STACK) down
+# up/down/ps/logs/psql: the compose stack when a Docker engine answers, else the local process
+# stack (TICKPIPE_STACK=compose|local chooses); deploy/compose/run.sh decides and says which.
+up: venv ## run the whole pipeline (simulator unless ALPACA_API_KEY is set) and say where things are
+	@$(RUN) up
+
+down: ## stop the pipeline and its services (data is kept)
+	@$(RUN) down
 
 ps: ## show what is running
-	@$(STACK) status
+	@$(RUN) ps
+
+.PHONY: status
+status: venv ## one-screen summary of the running pipeline (rates, lag, DLQ, newest tick per symbol); ARGS=--watch refreshes
+	@$(BIN)/tickpipe status $(ARGS)
 
 logs: ## follow the services' logs
-	@$(STACK) logs
+	@$(RUN) logs
 
 psql: ## psql on the pipeline's database (also reads SQL from standard input)
-	@$(STACK) psql
+	@$(RUN) psql
+
+kind-up: ## a kind cluster with Strimzi and the chart, images built and loaded; waits for ticks
+	@$(KIND) up
+
+kind-down: ## delete the kind cluster
+	@$(KIND) down
 
 stack-up: venv ## start only Kafka and PostgreSQL (what the tests need)
 	@$(STACK) start infra
@@ -47,7 +74,7 @@ lint: venv ## ruff and mypy (strict)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy libs/common/src services/*/src tests bench
 
-test: venv stack-up lint ## every test: unit, integration, end to end, against the local stack
+test: venv tools stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest
 
 bench: venv stack-up ## benchmark the consumer's write path against hand-written alternatives

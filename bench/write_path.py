@@ -103,10 +103,7 @@ _JSONB = frozenset(i for i, name in enumerate(COLUMN_NAMES) if name in ("bids", 
 
 def _adapt(row: Row) -> tuple[Any, ...]:
     # jsonb columns need a Jsonb wrapper as query parameters (COPY is told their types).
-    return tuple(
-        Jsonb(v) if i in _JSONB and v is not None else v
-        for i, v in enumerate(row)
-    )
+    return tuple(Jsonb(v) if i in _JSONB and v is not None else v for i, v in enumerate(row))
 
 
 def truncate(dsn: str) -> None:

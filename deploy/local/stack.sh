@@ -3,12 +3,15 @@
 # (Debian's packages) and the pipeline services, as plain background processes.
 #
 # Usage: deploy/local/stack.sh COMMAND
-#   install                         fetch/check what the stack needs (Java, Kafka jars, PostgreSQL)
-#   start infra|kafka|postgres|services
+#   install                         fetch/check what the stack needs (Java, Kafka jars, PostgreSQL,
+#                                   Prometheus)
+#   start infra|kafka|postgres|services|prometheus
 #                                   start (if not running) and wait until it accepts connections
-#   stop  infra|kafka|postgres|services|all
+#                                   (infra also installs Prometheus/promtool: the tests use them)
+#   stop  infra|kafka|postgres|services|prometheus|all
 #                                   stop cleanly (SIGTERM, wait, then SIGKILL); idempotent
-#   up                              install, start infra, then the services; say where things are
+#   up                              install, start infra, the services, then Prometheus; say where
+#                                   things are
 #   down                            stop the services, then the infra
 #   status                          what runs, pids, ports
 #   env                             `export KAFKA_BOOTSTRAP_SERVERS=...` and `export DATABASE_URL=...`
@@ -16,9 +19,9 @@
 #   psql [ARGS...]                  psql on the pipeline database (reads SQL from stdin too)
 #
 # Everything lives in one run folder, ${TICKPIPE_RUN_DIR:-<repo>/.run}: kafka/ (config, data),
-# postgres/ (data), logs/, pids/, backup/ (the producers' CSV backups).
+# postgres/ (data), prometheus/ (config, data), logs/, pids/, backup/ (the producers' CSV backups).
 # Environment: TICKPIPE_KAFKA_PORT (19092; its controller listens on the next port),
-# TICKPIPE_PG_PORT (15432), TICKPIPE_START_TIMEOUT (120 s), TICKPIPE_STOP_TIMEOUT (60 s),
+# TICKPIPE_PG_PORT (15432), TICKPIPE_PROMETHEUS_PORT (19090), TICKPIPE_START_TIMEOUT (120 s), TICKPIPE_STOP_TIMEOUT (60 s),
 # TICKPIPE_KAFKA_HEAP ("-Xms256m -Xmx768m"), TICKPIPE_PYTHON (<repo>/.venv/bin/python).
 set -euo pipefail
 
@@ -32,6 +35,8 @@ PG_PORT=${TICKPIPE_PG_PORT:-15432}
 [[ $KAFKA_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_KAFKA_PORT must be a number" >&2; exit 2; }
 [[ $PG_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_PG_PORT must be a number" >&2; exit 2; }
 CONTROLLER_PORT=$((KAFKA_PORT + 1))
+PROM_PORT=${TICKPIPE_PROMETHEUS_PORT:-19090}
+[[ $PROM_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_PROMETHEUS_PORT must be a number" >&2; exit 2; }
 START_TIMEOUT=${TICKPIPE_START_TIMEOUT:-120}
 STOP_TIMEOUT=${TICKPIPE_STOP_TIMEOUT:-60}
 KAFKA_HEAP=${TICKPIPE_KAFKA_HEAP:--Xms256m -Xmx768m}
@@ -48,6 +53,11 @@ KAFKA_STAMP=$KAFKA_LIBS/.pom.sha256
 KAFKA_DIR=$RUN_DIR/kafka
 KAFKA_DATA=$KAFKA_DIR/data
 KAFKA_CONF=$KAFKA_DIR/server.properties
+PROM_DIR=$RUN_DIR/prometheus
+PROM_CONF=$PROM_DIR/prometheus.yml
+PROM_DATA=$PROM_DIR/data
+# The alert rules: the same file the Helm chart and the compose stack use.
+ALERT_RULES=$REPO/deploy/helm/tickpipe/files/alerts/tickpipe-alerts.yaml
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
 BACKUP_DIR=$RUN_DIR/backup
@@ -308,7 +318,37 @@ cmd_install() {
   ensure_kafka_jars
   ensure_postgres_bins
   say "PostgreSQL: $PG_BIN ($("$PG_BIN/postgres" --version))"
+  if ensure_prometheus; then
+    say "Prometheus: $(command -v prometheus) ($(prometheus_version))"
+  fi
   say "install: done ($((SECONDS - t0))s)"
+}
+
+# Prometheus and promtool from Debian's package (as root; otherwise say what to install).
+# The package also sets up its own system service (port 9090, /var/lib/prometheus); tickpipe
+# does not use it: the stack runs its own Prometheus from the run folder (start_prometheus).
+prometheus_bins_ok() { command -v prometheus >/dev/null && command -v promtool >/dev/null; }
+
+prometheus_version() { prometheus --version 2>&1 | head -n 1; }
+
+PROMETHEUS_CHECKED=false
+ensure_prometheus() { # -> true when prometheus and promtool are there
+  prometheus_bins_ok && return 0
+  if $PROMETHEUS_CHECKED; then
+    return 1
+  fi
+  PROMETHEUS_CHECKED=true
+  if is_root; then
+    # (called in a condition, so `set -e` does not apply here: check the outcome instead)
+    if ! apt_install prometheus || ! prometheus_bins_ok; then
+      warn "could not install Debian's prometheus package (see above): no Prometheus, no promtool"
+      return 1
+    fi
+    note "Debian's prometheus package may run its own system service on :9090; tickpipe's Prometheus is a separate process (127.0.0.1:$PROM_PORT, data in $PROM_DIR)"
+    return 0
+  fi
+  warn "Prometheus is not installed: run 'sudo apt-get install -y prometheus' (the pipeline runs without it; the alert-rule and observability tests need it)"
+  return 1
 }
 
 # ------------------------------------------------------------------------------------ kafka
@@ -753,6 +793,74 @@ stop_services() {
   ((stopped)) || say "services: none running"
 }
 
+# ------------------------------------------------------------------------------- prometheus
+
+prometheus_pid() {
+  local pid
+  pid=$(read_pid "$PID_DIR/prometheus.pid")
+  pid_alive "$pid" "$PROM_CONF" && printf '%s' "$pid"
+}
+
+write_prometheus_config() {
+  mkdir -p -- "$PROM_DIR" "$PROM_DATA"
+  sed -e "s|@SCRAPE_INTERVAL@|5s|g" -e "s|@SCRAPE_TIMEOUT@|4s|g" \
+    -e "s|@RULES_FILE@|$ALERT_RULES|g" -e "s|@PROMETHEUS_PORT@|$PROM_PORT|g" \
+    -e "s|@SIM_PORT@|$(svc_port market-sim)|g" \
+    -e "s|@PRODUCER_STOCKS_PORT@|$(svc_port producer-stocks)|g" \
+    -e "s|@PRODUCER_CRYPTO_PORT@|$(svc_port producer-crypto)|g" \
+    -e "s|@CONSUMER_PORT@|$(svc_port consumer)|g" \
+    "$HERE/prometheus/prometheus.yml.in" >"$PROM_CONF.tmp"
+  if ! promtool check config "$PROM_CONF.tmp" >"$PROM_DIR/check.log" 2>&1; then
+    cat -- "$PROM_DIR/check.log" >&2
+    die "promtool rejects the Prometheus config or the alert rules ($ALERT_RULES)"
+  fi
+  mv -f -- "$PROM_CONF.tmp" "$PROM_CONF"
+}
+
+start_prometheus() {
+  ensure_prometheus || die "Prometheus is not installed (see above)"
+  mkdir -p -- "$LOG_DIR" "$PID_DIR"
+  local pid t0=$SECONDS url=http://127.0.0.1:$PROM_PORT
+  write_prometheus_config
+  pid=$(prometheus_pid || true)
+  if [[ -n $pid ]]; then
+    kill -HUP "$pid" 2>/dev/null || true # re-read the config and the alert rules
+    say "Prometheus: already running (pid $pid) on $url; configuration reloaded"
+  else
+    port_open "$PROM_PORT" && die "port $PROM_PORT is in use by another process (not this stack's Prometheus); set TICKPIPE_PROMETHEUS_PORT"
+    printf '\n==== %s starting Prometheus ====\n' "$(date -Is)" >>"$LOG_DIR/prometheus.log"
+    (cd -- "$PROM_DIR" && launch "$PID_DIR/prometheus.pid" "$LOG_DIR/prometheus.log" \
+      "$(command -v prometheus)" "--config.file=$PROM_CONF" "--storage.tsdb.path=$PROM_DATA" \
+      --storage.tsdb.retention.time=7d "--web.listen-address=127.0.0.1:$PROM_PORT")
+    pid=$(read_pid "$PID_DIR/prometheus.pid")
+    say "Prometheus: started (pid $pid), waiting for $url/-/ready"
+  fi
+  local deadline=$(($(now) + START_TIMEOUT))
+  until http_ok "$url/-/ready"; do
+    if ! pid_alive "$pid" "$PROM_CONF"; then
+      show_log_tail "$LOG_DIR/prometheus.log"
+      die "Prometheus exited during start (log: $LOG_DIR/prometheus.log)"
+    fi
+    if (($(now) >= deadline)); then
+      show_log_tail "$LOG_DIR/prometheus.log"
+      die "Prometheus did not answer $url/-/ready within ${START_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+  say "Prometheus: ready at $url ($((SECONDS - t0))s)"
+}
+
+stop_prometheus() {
+  local pid
+  pid=$(prometheus_pid || true)
+  if [[ -z $pid ]]; then
+    say "Prometheus: not running"
+  else
+    stop_pid Prometheus "$pid" "$PROM_CONF" "$STOP_TIMEOUT"
+  fi
+  rm -f -- "$PID_DIR/prometheus.pid"
+}
+
 # --------------------------------------------------------------------------------- commands
 
 docker_answers() {
@@ -761,7 +869,7 @@ docker_answers() {
 
 cmd_up() {
   if docker_answers; then
-    say "a Docker engine answers, but the compose stack is not implemented yet (deploy/compose comes later): using the local process stack"
+    say "a Docker engine answers, but TICKPIPE_STACK=local asks for the local process stack"
   else
     say "no Docker engine answers ('docker info' fails): using the local process stack (plain processes, no containers)"
   fi
@@ -770,6 +878,11 @@ cmd_up() {
   start_kafka
   start_postgres
   start_services
+  local prometheus=false
+  if ensure_prometheus; then
+    start_prometheus
+    prometheus=true
+  fi
   local svc port
   echo
   echo "tickpipe is up (local process stack, run folder $RUN_DIR)"
@@ -783,6 +896,9 @@ cmd_up() {
       printf '  %-16s %s\n' "$svc" "health http://127.0.0.1:$port/healthz  ready /readyz  metrics http://127.0.0.1:$port/metrics"
     fi
   done < <(svc_wanted)
+  if $prometheus; then
+    printf '  %-16s %s\n' "Prometheus" "http://127.0.0.1:$PROM_PORT  (alerts /alerts; make status for a summary)"
+  fi
   printf '  %-16s %s\n' "logs" "$LOG_DIR  (make logs)"
   printf '  %-16s %s\n' "CSV backups" "$BACKUP_DIR"
   printf '  %-16s %s\n' "status" "make ps"
@@ -790,6 +906,7 @@ cmd_up() {
 }
 
 cmd_down() {
+  stop_prometheus
   stop_services
   stop_kafka
   stop_postgres
@@ -816,6 +933,9 @@ cmd_status() {
     printf '  %-16s %-8s %-10s %s\n' "$svc" "$state" "${pid:+pid $pid}" \
       "http://127.0.0.1:$port/healthz${health:+ ($health)}"
   done
+  pid=$(prometheus_pid || true)
+  printf '  %-16s %-8s %-10s %s\n' prometheus "$([[ -n $pid ]] && echo running || echo stopped)" \
+    "${pid:+pid $pid}" "http://127.0.0.1:$PROM_PORT"
   echo "  logs: $LOG_DIR"
 }
 
@@ -831,8 +951,8 @@ cmd_logs() {
       -n) lines=${2:?-n needs a number}; shift 2 ;;
       -n*) lines=${1#-n}; shift ;;
       --lines=*) lines=${1#--lines=}; shift ;;
-      all) names+=("${SERVICES[@]}" kafka postgres); shift ;;
-      -h | --help) echo "usage: stack.sh logs [-n N] [all|kafka|postgres|${SERVICES[*]// /|}...]"; return 0 ;;
+      all) names+=("${SERVICES[@]}" kafka postgres prometheus); shift ;;
+      -h | --help) echo "usage: stack.sh logs [-n N] [all|kafka|postgres|prometheus|${SERVICES[*]// /|}...]"; return 0 ;;
       *) names+=("$1"); shift ;;
     esac
   done
@@ -842,8 +962,9 @@ cmd_logs() {
     case $name in
       kafka) files+=("$LOG_DIR/kafka.log") ;;
       postgres) files+=("$LOG_DIR/postgres.log") ;;
+      prometheus) files+=("$LOG_DIR/prometheus.log") ;;
       *)
-        svc_module "$name" >/dev/null || die "logs: unknown name '$name' (services: ${SERVICES[*]}; also kafka, postgres, all)"
+        svc_module "$name" >/dev/null || die "logs: unknown name '$name' (services: ${SERVICES[*]}; also kafka, postgres, prometheus, all)"
         files+=("$LOG_DIR/$name.log")
         ;;
     esac
@@ -869,10 +990,10 @@ usage() {
 
 what_of() { # COMMAND WHAT -> validate the target of start/stop
   case $2 in
-    infra | kafka | postgres | services) return 0 ;;
+    infra | kafka | postgres | services | prometheus) return 0 ;;
     all) [[ $1 == stop ]] && return 0 ;;
   esac
-  die "usage: stack.sh $1 infra|kafka|postgres|services$([[ $1 == stop ]] && echo '|all')"
+  die "usage: stack.sh $1 infra|kafka|postgres|services|prometheus$([[ $1 == stop ]] && echo '|all')"
 }
 
 main() {
@@ -887,10 +1008,11 @@ main() {
       what_of start "${1:-}"
       lock_stack
       case $1 in
-        infra) start_kafka; start_postgres ;;
+        infra) start_kafka; start_postgres; ensure_prometheus || true ;;
         kafka) start_kafka ;;
         postgres) start_postgres ;;
         services) start_services ;;
+        prometheus) start_prometheus ;;
       esac
       ;;
     stop)
@@ -902,6 +1024,7 @@ main() {
         kafka) stop_kafka ;;
         postgres) stop_postgres ;;
         services) stop_services ;;
+        prometheus) stop_prometheus ;;
       esac
       ;;
     up) lock_stack; cmd_up ;;

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.health import HealthServer
 from tickpipe_common.kafka_config import consumer_config, masked, producer_config
-from tickpipe_common.logging import configure_logging, get_logger
+from tickpipe_common.logging import RepeatFilter, configure_logging, get_logger
 from tickpipe_common.settings import KafkaSettings
 
 
@@ -51,6 +51,37 @@ def test_text_logs_for_terminals() -> None:
     configure_logging("consumer", "DEBUG", "text", stream=out)
     get_logger("x").warning("db_retry", attempt=2)
     assert " warning consumer db_retry attempt=2" in out.getvalue()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_repeated_library_lines_are_rate_limited() -> None:
+    out = io.StringIO()
+    configure_logging("consumer", "INFO", "json", stream=out)
+    kafka = logging.getLogger("librdkafka")
+    for _ in range(50):
+        kafka.error("127.0.0.1:9: Connect failed: Connection refused")
+    kafka.error("a different message")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["event"] for r in lines] == [
+        "127.0.0.1:9: Connect failed: Connection refused",
+        "a different message",
+    ]
+
+
+def test_repeat_filter_reports_what_it_held_back() -> None:
+    repeat = RepeatFilter(window=10.0)
+
+    def record(at: float) -> logging.LogRecord:
+        rec = logging.makeLogRecord({"name": "librdkafka", "msg": "down"})
+        rec.created = at
+        return rec
+
+    assert repeat.filter(record(100.0))
+    assert not repeat.filter(record(101.0))
+    assert not repeat.filter(record(102.0))
+    later = record(111.0)
+    assert repeat.filter(later)
+    assert getattr(later, "repeated", None) == 2
 
 
 def test_backoff_is_capped_and_jittered() -> None:

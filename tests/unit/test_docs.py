@@ -14,7 +14,12 @@ from tickpipe_producer_crypto.settings import CryptoProducerSettings
 from tickpipe_producer_stocks.settings import StockProducerSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-STACK_VARIABLES = {"TICKPIPE_RUN_DIR", "TICKPIPE_KAFKA_PORT", "TICKPIPE_PG_PORT"}
+STACK_VARIABLES = {
+    "TICKPIPE_RUN_DIR",
+    "TICKPIPE_KAFKA_PORT",
+    "TICKPIPE_PG_PORT",
+    "TICKPIPE_PROMETHEUS_PORT",
+}
 
 
 def test_every_setting_is_in_the_readme_tables() -> None:

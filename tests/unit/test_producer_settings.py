@@ -39,6 +39,10 @@ def test_live_keys_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     ("env", "message"),
     [
         ({}, "ALPACA_API_KEY/ALPACA_SECRET_KEY are unset"),
+        (
+            {"ALPACA_API_KEY": "", "ALPACA_SECRET_KEY": " "},
+            "ALPACA_API_KEY/ALPACA_SECRET_KEY are unset",
+        ),
         ({"ALPACA_API_KEY": "k"}, "go together"),
         ({**SIM, "CHANNELS": "trades,news"}, "unknown ['news']"),
         ({**SIM, "CHANNELS": "orderbooks"}, "unknown ['orderbooks']"),

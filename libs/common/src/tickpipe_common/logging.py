@@ -62,6 +62,34 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class RepeatFilter(logging.Filter):
+    """Lets an identical message through once per ``window`` seconds, then says how many
+    were held back. librdkafka repeats a connection error for every broker and retry, which
+    would bury everything else while Kafka is down."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self._window = window
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        last, held = self._seen.get(key, (0.0, 0))
+        if record.created - last < self._window:
+            self._seen[key] = (last, held + 1)
+            return False
+        if held:
+            record.repeated = held
+        if len(self._seen) > 1000:  # bounded: forget old messages rather than grow
+            self._seen.clear()
+        self._seen[key] = (record.created, 0)
+        return True
+
+
+# Loggers whose identical lines are rate-limited (see RepeatFilter).
+REPEATING_LOGGERS = ("librdkafka",)
+
+
 def configure_logging(
     service: str,
     level: str = "INFO",
@@ -80,6 +108,11 @@ def configure_logging(
     root.setLevel(level.upper())
     # Library chatter at INFO (alpaca-py's per-connect lines, websockets' handshakes) is kept,
     # but their DEBUG noise is not wanted even when our own level is DEBUG.
+    for name in REPEATING_LOGGERS:
+        chatty = logging.getLogger(name)
+        for old_filter in list(chatty.filters):
+            chatty.removeFilter(old_filter)
+        chatty.addFilter(RepeatFilter())
     for noisy in ("websockets", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 

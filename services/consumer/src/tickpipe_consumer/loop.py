@@ -29,7 +29,7 @@ from tickpipe_common.logging import get_logger
 from tickpipe_common.schema import RejectReason, TickRejected
 from tickpipe_consumer.batch import Entry, PartitionKey, next_offsets, prepare
 from tickpipe_consumer.dlq import DlqPublisher
-from tickpipe_consumer.metrics import ConsumerMetrics
+from tickpipe_consumer.metrics import INTERVAL_KINDS, ConsumerMetrics
 from tickpipe_consumer.writer import (
     RowsRejectedError,
     TickWriter,
@@ -335,8 +335,10 @@ class ConsumerLoop:
         if duplicates:
             self._metrics.duplicates_skipped.inc(duplicates)
         latency = self._metrics.end_to_end_latency
-        for ts_ns in result.inserted_ts_ns:
-            latency.observe(max(0.0, (result.committed_at_ns - ts_ns) / 1e9))
+        kinds = result.inserted_kinds or ("",) * len(result.inserted_ts_ns)
+        for kind, ts_ns in zip(kinds, result.inserted_ts_ns, strict=True):
+            if kind not in INTERVAL_KINDS:
+                latency.observe(max(0.0, (result.committed_at_ns - ts_ns) / 1e9))
         self._progress["inserted"] += inserted
         self._progress["duplicates"] += duplicates
         log.debug("batch_stored", rows=rows, inserted=inserted, seconds=round(result.seconds, 4))

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from tickpipe_common.schema import RejectReason
+from tickpipe_common.service_metrics import ReadyGauge, register_service_info
+
+COMPONENT = "consumer"
+# Kinds whose exchange timestamp is the start of an interval (a bar's minute or day), not
+# the moment of an event: their "latency" is the interval's length, so the end-to-end
+# histogram leaves them out.
+INTERVAL_KINDS = frozenset({"bar", "updated_bar", "daily_bar"})
+
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000)
 _COMMIT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Exchange time → committed row: sub-second when healthy, minutes during an outage or replay.
@@ -39,6 +48,8 @@ class ConsumerMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in RejectReason:  # every reason exported from the start, at 0
+            self.dlq_messages.labels(reason=reason.value)
         self.batch_size = Histogram(
             "tickpipe_consumer_batch_size",
             "Messages per batch.",
@@ -53,7 +64,9 @@ class ConsumerMetrics:
         )
         self.end_to_end_latency = Histogram(
             "tickpipe_consumer_end_to_end_latency_seconds",
-            "Exchange timestamp of a tick to the commit of the transaction that stored it.",
+            "Exchange timestamp of a tick to the commit of the transaction that stored it "
+            "(trades, quotes, order books; bars are left out, their timestamp is the start "
+            "of their interval).",
             buckets=_LATENCY_SECONDS,
             registry=registry,
         )
@@ -73,8 +86,10 @@ class ConsumerMetrics:
             "Retries of a batch write after a database error.",
             registry=registry,
         )
-        self.ready = Gauge(
+        register_service_info(COMPONENT, registry)
+        self.ready = ReadyGauge(
             "tickpipe_consumer_ready",
             "1 when the consumer is in its group and the database answers, else 0.",
-            registry=registry,
+            COMPONENT,
+            registry,
         )

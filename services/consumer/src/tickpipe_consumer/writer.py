@@ -69,6 +69,7 @@ class WriteResult:
     inserted_ts_ns: list[int]  # exchange time of each inserted row
     committed_at_ns: int
     seconds: float
+    inserted_kinds: tuple[str, ...] = ()  # kind of each inserted row (as inserted_ts_ns)
 
     @property
     def inserted(self) -> int:
@@ -120,6 +121,7 @@ class TickWriter:
             inserted_ts_ns=[int(ts_ns) for _, ts_ns in inserted],
             committed_at_ns=time.time_ns(),
             seconds=time.perf_counter() - started,
+            inserted_kinds=tuple(str(kind) for kind, _ in inserted),
         )
 
     def ping(self) -> None:

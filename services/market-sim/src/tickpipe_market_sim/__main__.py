@@ -7,14 +7,16 @@ Tests start an in-process server with :func:`build_server` (same wiring, port 0)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
 from tickpipe_common.logging import configure_logging, get_logger
-from tickpipe_common.settings import load_settings
+from tickpipe_common.settings import environment_variables, load_settings
 from tickpipe_market_sim.auth import Authenticator
 from tickpipe_market_sim.clock import EventClock
 from tickpipe_market_sim.hub import FeedHub, Hub, steps_per_bar
@@ -91,7 +93,18 @@ async def run(settings: SimSettings) -> None:
         await server.stop()
 
 
-def main() -> None:
+def _parse_args(argv: Sequence[str] | None) -> None:
+    """No options: the simulator is configured by SIM_* variables, which --help lists."""
+    variables = environment_variables(SimSettings)
+    argparse.ArgumentParser(
+        prog="tickpipe-market-sim",
+        description="An Alpaca market-data WebSocket server (stocks and crypto) for tickpipe.",
+        epilog="Configured by environment variables: " + ", ".join(sorted(variables)),
+    ).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    _parse_args(argv)
     settings = load_settings(SimSettings)
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     # One line per probe or handshake from websockets is noise; its warnings still show.

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
+from tickpipe_common.service_metrics import register_service_info
 from tickpipe_market_sim.protocol import Kind
 
 # Closed connections are remembered for /stats, up to this many (oldest forgotten first).
@@ -25,6 +26,7 @@ MAX_CLOSED_CONNECTIONS = 1000
 
 class SimMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        register_service_info("market-sim", registry)
         self.messages_sent = PromCounter(
             "tickpipe_sim_messages_sent",
             "Market-data messages written to WebSocket clients (one per client).",

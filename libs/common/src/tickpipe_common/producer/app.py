@@ -47,6 +47,7 @@ class Readiness:
         kafka_ok, kafka = self._publisher.healthy()
         ready = self._supervisor.connected and fresh and kafka_ok
         self._metrics.ready.set(1 if ready else 0)
+        self._metrics.ws_connected.set(1 if self._supervisor.connected else 0)
         return ready, {
             "stream_connected": self._supervisor.connected,
             "seconds_since_last_message": round(silent_for, 3),
@@ -72,7 +73,11 @@ async def _poll_publisher(
 
 
 async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
-    metrics = ProducerMetrics()
+    metrics = ProducerMetrics(
+        component=spec.service,
+        per_symbol=settings.metrics_per_symbol,
+        symbol_limit=settings.metrics_symbol_limit,
+    )
     url = spec.stream_url(settings)
     kafka_conf = producer_config(settings, client_id=spec.service)
     log.info(

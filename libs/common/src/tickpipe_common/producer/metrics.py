@@ -1,14 +1,55 @@
-"""Prometheus metrics of a producer. Labels are bounded: kind, asset class, error reason."""
+"""Prometheus metrics of a producer.
+
+Labels are bounded whatever the symbol universe: kind, asset class, error reason. Per-symbol
+series exist only with ``METRICS_PER_SYMBOL=true``, and then for at most
+``METRICS_SYMBOL_LIMIT`` symbols (in the order they are first seen); ticks of any further
+symbol are counted under ``symbol="other"``.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from tickpipe_common.service_metrics import ReadyGauge, register_service_info
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+OTHER_SYMBOLS = "other"
+
+
+class SymbolLabels:
+    """Maps symbols to label values: the first ``limit`` distinct symbols keep their own,
+    every later one is folded into ``"other"``, so the series count stays at limit + 1."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        self._limit = limit
+        self._own: set[str] = set()
+
+    def __call__(self, symbol: str) -> str:
+        if symbol in self._own:
+            return symbol
+        if len(self._own) < self._limit:
+            self._own.add(symbol)
+            return symbol
+        return OTHER_SYMBOLS
+
+    @property
+    def tracked(self) -> frozenset[str]:
+        return frozenset(self._own)
 
 
 class ProducerMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry = REGISTRY,
+        component: str | None = None,
+        per_symbol: bool = False,
+        symbol_limit: int = 50,
+    ) -> None:
+        """``component`` (the service name) adds ``tickpipe_service_info`` and the shared
+        ``tickpipe_service_ready``; tools that only borrow the metrics (replay) leave it out."""
         kind_labels = ("kind", "asset_class")
         self.received = Counter(
             "tickpipe_producer_ticks_received_total",
@@ -34,6 +75,7 @@ class ProducerMetrics:
             ("reason",),
             registry=registry,
         )
+        self.publish_errors.labels("queue_full")  # exported from the start, at 0
         self.malformed = Counter(
             "tickpipe_producer_malformed_messages_total",
             "Stream messages that could not be turned into a tick (logged, skipped).",
@@ -60,6 +102,11 @@ class ProducerMetrics:
             "Connects after the first one: each is a lost and re-established stream.",
             registry=registry,
         )
+        self.ws_connected = Gauge(
+            "tickpipe_producer_ws_connected",
+            "1 while the WebSocket stream is connected and authenticated, else 0.",
+            registry=registry,
+        )
         self.seconds_since_last_message = Gauge(
             "tickpipe_producer_seconds_since_last_message",
             "Seconds since the stream last delivered a market-data message.",
@@ -80,8 +127,44 @@ class ProducerMetrics:
             "Ticks the CSV backup could not write (disk full, permissions).",
             registry=registry,
         )
-        self.ready = Gauge(
-            "tickpipe_producer_ready",
-            "1 when the stream is live and Kafka takes ticks, else 0.",
-            registry=registry,
-        )
+        ready_help = "1 when the stream is live and Kafka takes ticks, else 0."
+        self.ready: ReadyGauge | Gauge
+        if component is not None:
+            register_service_info(component, registry)
+            self.ready = ReadyGauge("tickpipe_producer_ready", ready_help, component, registry)
+        else:
+            self.ready = Gauge("tickpipe_producer_ready", ready_help, registry=registry)
+
+        self._symbols: SymbolLabels | None = None
+        self._last_ts: dict[str, float] = {}
+        if per_symbol:
+            self._symbols = SymbolLabels(symbol_limit)
+            self.symbol_ticks = Counter(
+                "tickpipe_producer_symbol_ticks_total",
+                "Ticks received per symbol (METRICS_PER_SYMBOL; symbols beyond "
+                'METRICS_SYMBOL_LIMIT are counted as symbol="other").',
+                ("symbol",),
+                registry=registry,
+            )
+            self.last_tick_timestamp = Gauge(
+                "tickpipe_producer_last_tick_timestamp_seconds",
+                "Exchange time (Unix seconds) of the newest tick received per symbol "
+                "(METRICS_PER_SYMBOL).",
+                ("symbol",),
+                registry=registry,
+            )
+
+    @property
+    def per_symbol(self) -> bool:
+        return self._symbols is not None
+
+    def tick_received(self, kind: str, asset_class: str, symbol: str, ts_ns: int) -> None:
+        self.received.labels(kind, asset_class).inc()
+        if self._symbols is None:
+            return
+        label = self._symbols(symbol)
+        self.symbol_ticks.labels(label).inc()
+        ts = ts_ns / 1e9
+        if ts > self._last_ts.get(label, 0.0):  # "other" shows the newest of its symbols
+            self._last_ts[label] = ts
+            self.last_tick_timestamp.labels(label).set(ts)

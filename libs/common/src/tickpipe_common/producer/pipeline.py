@@ -55,7 +55,7 @@ class TickPipeline:
             log.warning("malformed_stream_message", reason=str(exc), type=str(msg.get("T")))
             return
         labels = (tick.kind.value, tick.asset_class.value)
-        self._metrics.received.labels(*labels).inc()
+        self._metrics.tick_received(*labels, tick.symbol, tick.ts_ns)
         if not self._filter.should_publish(tick):
             self._metrics.filtered.labels(*labels).inc()
             return

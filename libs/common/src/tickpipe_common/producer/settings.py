@@ -51,6 +51,25 @@ class ProducerSettings(CommonSettings, KafkaSettings):
         1.0, gt=0, description="First reconnect delay; doubles per failure, jittered."
     )
     reconnect_max_seconds: float = Field(30.0, gt=0, description="Cap of the reconnect delay.")
+    metrics_per_symbol: bool = Field(
+        False,
+        description="Export per-symbol series (tickpipe_producer_symbol_ticks_total, "
+        "tickpipe_producer_last_tick_timestamp_seconds).",
+    )
+    metrics_symbol_limit: int = Field(
+        50,
+        ge=0,
+        description="At most this many symbols get their own series; the rest are summed "
+        'as symbol="other".',
+    )
+
+    @field_validator("alpaca_api_key", "alpaca_secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `ALPACA_API_KEY=` (an empty line in an env file) means "no key", not a key "".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("symbols", "channels", mode="before")
     @classmethod
