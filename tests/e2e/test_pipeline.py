@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,48 +17,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.processes import Service, free_port, http_get, http_json
+from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids, wait_for
+from tests.processes import Service, free_port, http_json
 
 EVENTS_PER_SYMBOL = 150
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
 STOCK_PATH, CRYPTO_PATH = "/v2/iex", "/v1beta3/crypto/us"
 SECRET = "e2e-secret-" + uuid.uuid4().hex
-
-
-def _metric(port: int, name: str) -> float:
-    """Sum of every sample of one metric on a service's /metrics."""
-    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
-    assert status == 200
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name) and line[len(name)] in " {":
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _db_counts(dsn: str) -> Counter[tuple[str, str]]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT symbol, kind, count(*) FROM market_ticks GROUP BY 1, 2")
-        return Counter({(symbol, kind): n for symbol, kind, n in rows})
-
-
-def _sent(stats: dict[str, Any]) -> Counter[tuple[str, str]]:
-    sent: Counter[tuple[str, str]] = Counter()
-    for per_symbol in stats["sent"].values():
-        for symbol, kinds in per_symbol.items():
-            for kind, n in kinds.items():
-                sent[(symbol, kind)] += n
-    return sent
 
 
 @pytest.fixture
@@ -153,27 +118,28 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
 
     # 1. The simulator sends its fixed amount of trades and quotes for every symbol.
     def feed_done() -> bool:
-        sent = _sent(http_json(stats_url))
+        sent = sim_sent(http_json(stats_url))
         return all(
             sent[(symbol, kind)] >= EVENTS_PER_SYMBOL
             for symbol in STOCKS + CRYPTO
             for kind in ("trade", "quote")
         )
 
-    _wait(feed_done, 90, "the simulator to send every tick")
+    wait_for(feed_done, 90, "the simulator to send every tick")
     time.sleep(2)  # the last bars and order books of the run
     stats = http_json(stats_url)
-    sent = _sent(stats)
+    sent = sim_sent(stats)
     assert sum(sent.values()) == stats["totals"]["messages"]
 
     # 2. Everything sent lands in the table: compare per symbol and kind.
-    _wait(lambda: sum(_db_counts(dsn).values()) >= sum(sent.values()), 60, "rows to land")
+    wait_for(lambda: sum(db_counts(dsn).values()) >= sum(sent.values()), 60, "rows to land")
     time.sleep(1)
-    assert _db_counts(dsn) == sent
+    assert db_counts(dsn) == sent
 
     # 3. The producers published (acks=all) and backed up exactly what they received.
     published = sum(
-        _metric(ports[n], "tickpipe_producer_ticks_published_total") for n in ("stocks", "crypto")
+        metric_sum(ports[n], "tickpipe_producer_ticks_published_total")
+        for n in ("stocks", "crypto")
     )
     assert published == sum(sent.values())
     backup_rows = sum(
@@ -182,16 +148,10 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
     )
     assert backup_rows == sum(sent.values())
 
+    # Trade ids run 1..N per symbol: nothing missing, nothing twice.
+    for symbol in STOCKS + CRYPTO:
+        assert trade_ids(dsn, symbol) == list(range(1, EVENTS_PER_SYMBOL + 1)), symbol
     with psycopg.connect(dsn) as conn:
-        # Trade ids run 1..N per symbol: nothing missing, nothing twice.
-        for symbol in STOCKS + CRYPTO:
-            rows = conn.execute(
-                "SELECT trade_id FROM market_ticks"
-                " WHERE symbol = %s AND kind = 'trade' ORDER BY trade_id",
-                (symbol,),
-            )
-            ids = [r[0] for r in rows]
-            assert ids == list(range(1, EVENTS_PER_SYMBOL + 1)), symbol
         # Nanoseconds survive: the simulator never sends whole microseconds.
         whole_micros, mismatched = conn.execute(
             "SELECT count(*) FILTER (WHERE ts_ns % 1000 = 0),"
@@ -213,12 +173,14 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
     assert replay.returncode == 0, replay.stderr + replay.stdout
     assert f"replayed {stock_rows} ticks: {stock_rows} delivered, 0 failed" in replay.stdout
     consumer_port = ports["consumer"]
-    _wait(
-        lambda: _metric(consumer_port, "tickpipe_consumer_duplicates_skipped_total") >= stock_rows,
+    wait_for(
+        lambda: (
+            metric_sum(consumer_port, "tickpipe_consumer_duplicates_skipped_total") >= stock_rows
+        ),
         60,
         "the consumer to see the replay",
     )
-    assert _db_counts(dsn) == sent
+    assert db_counts(dsn) == sent
 
     # 5. SIGTERM: every service stops cleanly.
     for name in ("stocks", "crypto", "consumer", "sim"):

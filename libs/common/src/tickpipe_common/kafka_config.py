@@ -47,10 +47,13 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
             # Small batches, sent soon: market data is worth most when fresh.
             "linger.ms": 5,
             "compression.type": "lz4",
-            # How long a tick may wait for a broker before its delivery fails. The CSV backup
-            # holds every tick regardless, so a failure here is recoverable by `replay`.
-            "message.timeout.ms": 120_000,
-            "queue.buffering.max.messages": 500_000,
+            # A tick waits for the brokers as long as it takes (0 = no timeout): an outage of
+            # any length then delivers everything, in order, once Kafka is back. What bounds
+            # the wait is the local queue: beyond it publish() fails fast and the tick is in
+            # the CSV backup only, for `replay` (counted as publish error "queue_full").
+            "message.timeout.ms": 0,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
         }
     )
     return conf
