@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids, wait_for
-from tests.processes import Service, free_port, http_get, http_json
+from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids
+from tests.processes import Service, free_port, http_get, http_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.sh"

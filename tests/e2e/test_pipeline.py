@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids, wait_for
-from tests.processes import Service, free_port, http_json
+from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids
+from tests.processes import Service, free_port, http_json, wait_for
 
 EVENTS_PER_SYMBOL = 150
 STOCKS = ("AAPL", "MSFT")

@@ -22,10 +22,9 @@ import math
 import re
 import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,7 +49,7 @@ from tests.observability_helpers import (
     substitute_promql,
     substitute_sql,
 )
-from tests.processes import Service, free_port, http_get
+from tests.processes import Service, free_port, http_get, wait_for
 
 SCRAPE_INTERVAL = "1s"
 RATE_INTERVAL = "10s"  # Grafana's $__rate_interval: several scrapes
@@ -96,15 +95,6 @@ class Stack:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _api(stack_or_url: Stack | str, path: str, **params: str) -> Any:
@@ -268,7 +258,7 @@ def stack(
             except OSError:
                 return False
 
-        _wait(ready, 30, "Prometheus to start")
+        wait_for(ready, 30, "Prometheus to start")
         result = Stack(services, ports, url, dsn, kafka_bootstrap, topic, list(secrets.values()))
 
         def scraped_enough() -> bool:
@@ -281,7 +271,7 @@ def stack(
             )
             return all(_query(result, check) for check in checks)
 
-        _wait(scraped_enough, 60, "Prometheus to scrape the running pipeline")
+        wait_for(scraped_enough, 60, "Prometheus to scrape the running pipeline")
         yield result
     finally:
         if prometheus is not None:
@@ -398,7 +388,7 @@ def test_a_poison_message_makes_the_dlq_alert_and_panel_fire(stack: Stack) -> No
         rates = {labels["reason"]: v for labels, v in _query(stack, panel_expr)}
         return bool(_query(stack, expr)) and rates.get("not_json", 0) > 0
 
-    _wait(both_show_it, 30, "the DLQ alert expression and panel to show the poison messages")
+    wait_for(both_show_it, 30, "the DLQ alert expression and panel to show the poison messages")
     assert {labels["reason"] for labels, _ in _query(stack, expr)} == {"not_json"}
 
 
@@ -470,7 +460,7 @@ def test_a_stopped_service_makes_the_target_down_alert_fire(stack: Stack) -> Non
     service = stack.services["producer-crypto"]
     assert service.stop() == 0, service.log_tail()
     expr = _alert_expr("TickpipeTargetDown")
-    _wait(lambda: bool(_query(stack, expr)), 20, "the target-down expression to fire")
+    wait_for(lambda: bool(_query(stack, expr)), 20, "the target-down expression to fire")
     assert {labels["job"] for labels, _ in _query(stack, expr)} == {"producer-crypto"}
 
 
