@@ -27,9 +27,10 @@ from psycopg import sql
 from testcontainers.community.kafka import KafkaContainer
 from testcontainers.community.postgres import PostgresContainer
 
+from tests.availability import unavailable
+
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "deploy" / "local" / "stack.sh"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,13 +38,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = Path(str(item.path)).relative_to(REPO / "tests").parts[0]
         if folder in ("unit", "integration", "e2e", "deploy"):
             item.add_marker(getattr(pytest.mark, folder))
-
-
-def _unavailable(what: str, why: str) -> None:
-    message = f"{what} is not available: {why}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: a missing service fails the run)", pytrace=False)
-    pytest.skip(message)
 
 
 def _docker_answers() -> bool:
@@ -82,7 +76,7 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         yield _local_stack_env()["KAFKA_BOOTSTRAP_SERVERS"]
     except (RuntimeError, KeyError) as exc:
-        _unavailable("Kafka", str(exc))
+        unavailable("Kafka", str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +93,7 @@ def pg_admin_dsn() -> Iterator[str]:
     try:
         yield _local_stack_env()["DATABASE_URL"]
     except (RuntimeError, KeyError) as exc:
-        _unavailable("PostgreSQL", str(exc))
+        unavailable("PostgreSQL", str(exc))
 
 
 def _wait_for_database(dsn: str) -> None:
@@ -107,7 +101,7 @@ def _wait_for_database(dsn: str) -> None:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", str(exc))
+        unavailable("PostgreSQL", str(exc))
 
 
 @pytest.fixture
@@ -135,6 +129,6 @@ def fresh_topic(kafka_bootstrap: str) -> Iterator[str]:
         try:
             future.result(timeout=60)
         except Exception as exc:  # noqa: BLE001 - any failure here means no broker to test with
-            _unavailable("Kafka", f"could not create topic {name}: {exc}")
+            unavailable("Kafka", f"could not create topic {name}: {exc}")
     yield name
     admin.delete_topics([name, f"{name}.dlq"], operation_timeout=30)

@@ -5,7 +5,6 @@ names a PromQL expression refers to."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.availability import unavailable
 from tickpipe_common.producer.metrics import ProducerMetrics
 from tickpipe_consumer.metrics import ConsumerMetrics
 from tickpipe_market_sim.stats import SimMetrics
@@ -29,7 +28,6 @@ ALERT_RULES = CHART_FILES / "alerts" / "tickpipe-alerts.yaml"
 ALERT_TESTS = REPO / "tests" / "alerts"
 PROMETHEUS_TEMPLATE = REPO / "deploy" / "local" / "prometheus" / "prometheus.yml.in"
 README = REPO / "README.md"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 PROMETHEUS_TYPE = "prometheus"
 SQL_TYPES = ("grafana-postgresql-datasource", "postgres")
@@ -40,12 +38,10 @@ def require_tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
         message = (
-            f"{name} is not installed (Debian: apt-get install -y prometheus; "
+            "not installed (Debian: apt-get install -y prometheus; "
             "deploy/local/stack.sh install does it as root)"
         )
-        if IN_CI:
-            pytest.fail(message + " (CI=true: a missing tool fails the run)", pytrace=False)
-        pytest.skip(message)
+        unavailable(name, message)
     return path
 
 

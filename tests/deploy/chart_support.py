@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -16,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
-import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate  # type: ignore[import-untyped]
+
+from tests.availability import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "tickpipe"
 HELM = REPO / ".tools" / "bin" / "helm"
 # CI clones the repository beside shared/, so the CRD schemas are at ../shared/crds.
 CRDS = REPO.parent / "shared" / "crds"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The Kubernetes version the chart is rendered for and validated against.
 KUBE_VERSION = "1.34"
@@ -36,14 +35,6 @@ Manifest = dict[str, Any]
 
 # API groups whose objects are checked against CRD schemas instead of Kubernetes' own.
 CRD_GROUPS = ("kafka.strimzi.io", "monitoring.coreos.com")
-
-
-def unavailable(what: str, why: str) -> None:
-    """Skip a check that cannot run here; under CI=true, fail instead."""
-    message = f"{what} is not available: {why}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: a missing tool fails the run)", pytrace=False)
-    pytest.skip(message)
 
 
 def helm_binary() -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.availability import unavailable
 from tests.deploy.chart_support import (
     CHART,
     CRDS,
@@ -42,7 +43,6 @@ from tests.deploy.chart_support import (
     render,
     run_helm,
     template_args,
-    unavailable,
     validate_custom_resource,
     validate_kubernetes,
 )

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.availability import unavailable
 from tests.deploy.service_settings import SERVICE_SETTINGS, known_variables, required_variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,6 @@ TICKPIPE = tuple(SERVICE_SETTINGS)
 PRODUCERS = ("producer-stocks", "producer-crypto")
 SIM_URL = "ws://market-sim:8765"
 ALPACA_URL = "wss://stream.data.alpaca.markets"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PASSWORDS = {
     "POSTGRES_PASSWORD": "pg0123456789abcdef",
     "GRAFANA_DB_PASSWORD": "gr0123456789abcdef",
@@ -46,14 +46,6 @@ PASSWORDS = {
 KEYS = {"ALPACA_API_KEY": "PKTESTKEY", "ALPACA_SECRET_KEY": "testsecret"}
 
 Config = dict[str, Any]
-
-
-def unavailable(what: str, why: str) -> None:
-    """Skip a check that cannot run here; under CI=true, fail instead."""
-    message = f"{what} is not available: {why}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: a missing tool fails the run)", pytrace=False)
-    pytest.skip(message)
 
 
 @cache

@@ -26,6 +26,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from tests.availability import unavailable
 from tests.deploy.service_settings import SERVICE_SETTINGS, known_variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,18 +34,9 @@ SERVICES = tuple(SERVICE_SETTINGS)
 PRODUCERS = ("producer-stocks", "producer-crypto")
 BACKUP_DIR = "/var/lib/tickpipe/backup"
 APP_UID = 10001
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The Python base: a specific patch release on a named Debian release, e.g. 3.12.13-slim-trixie.
 PYTHON_TAG = re.compile(r"^3\.12\.\d+-slim-(bookworm|trixie)$")
 OCI_LABELS = ("title", "description", "source", "licenses", "version")
-
-
-def unavailable(what: str, why: str) -> None:
-    """Skip a check that cannot run here; under CI=true, fail instead."""
-    message = f"{what} is not available: {why}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: a missing tool fails the run)", pytrace=False)
-    pytest.skip(message)
 
 
 # ------------------------------------------------------------------------ Dockerfile parsing
