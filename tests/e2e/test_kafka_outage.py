@@ -161,11 +161,19 @@ def test_a_broker_outage_loses_nothing(
             "the simulator to send every tick",
         )
         sent = sim_sent(http_json(stats_url))
-        wait_for(
-            lambda: sum(db_counts(fresh_database).values()) >= sum(sent.values()),
-            90,
-            "every tick to reach the table",
-        )
+        try:
+            wait_for(
+                lambda: sum(db_counts(fresh_database).values()) >= sum(sent.values()),
+                90,
+                "every tick to reach the table",
+            )
+        except AssertionError as exc:
+            published = metric_sum(producer_port, "tickpipe_producer_ticks_published_total")
+            raise AssertionError(
+                f"{exc}\nsent {dict(sent)}\nstored {dict(db_counts(fresh_database))}\n"
+                f"producer published {published}\n--- producer\n{producer.log_tail(15)}\n"
+                f"--- consumer\n{consumer.log_tail(15)}"
+            ) from None
         assert db_counts(fresh_database) == sent
         for symbol in SYMBOLS:
             assert trade_ids(fresh_database, symbol) == list(range(1, EVENTS + 1)), symbol

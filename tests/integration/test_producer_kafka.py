@@ -101,3 +101,25 @@ def test_kafka_down_keeps_the_backup_and_reports_not_ready(tmp_path: Path) -> No
     assert backup.rows_written == 5
     assert publisher.delivered == 0
     publisher.flush(0.1)
+
+
+def test_replacing_the_client_hands_over_every_queued_tick(
+    kafka_bootstrap: str, fresh_topic: str
+) -> None:
+    """What happens after a fatal (idempotence) error: the client is replaced, and the ticks
+    it still held are purged from it and re-published through the new one — none lost."""
+    registry = CollectorRegistry()
+    conf = producer_config(KafkaSettings(kafka_bootstrap_servers=kafka_bootstrap), "replace-test")
+    conf["linger.ms"] = 60_000  # keep everything queued in the first client
+    publisher = KafkaPublisher(conf, fresh_topic, "producer-stocks", ProducerMetrics(registry))
+    ticks = [trade(trade_id=i) for i in range(100)]
+    for tick in ticks:
+        assert publisher.publish(tick)
+    assert publisher.delivered == 0
+    publisher._replace_producer()
+    assert publisher.requeued == 100
+    assert publisher.flush(90) == 0
+    assert (publisher.delivered, publisher.failed) == (100, 0)
+    messages = read_topic(kafka_bootstrap, fresh_topic, expected=100)
+    ids = [decode_tick(m.value()).trade_id or 0 for m in messages]
+    assert ids == list(range(100))  # all of them, once, in order (one symbol, one partition)

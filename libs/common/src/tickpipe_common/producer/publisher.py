@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from tickpipe_common.logging import get_logger
 from tickpipe_common.producer.metrics import ProducerMetrics
@@ -17,6 +17,9 @@ log = get_logger(__name__)
 # A message still undelivered this long after the last acknowledgement means Kafka is not
 # taking ticks right now: report not-ready (the CSV backup keeps everything meanwhile).
 STALLED_AFTER_SECONDS = 10.0
+
+# Delivery errors that mean "this client gave the message up on purpose" (purge()).
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 class KafkaPublisher:
@@ -39,6 +42,7 @@ class KafkaPublisher:
         self._last_ack = time.monotonic()
         self.delivered = 0
         self.failed = 0
+        self.requeued = 0
 
     def publish(self, tick: Tick, count_drop: bool = True) -> bool:
         """Hand one tick to the Kafka client; False if its local queue is full.
@@ -59,6 +63,13 @@ class KafkaPublisher:
                 if latency is not None:
                     self._metrics.delivery_latency.observe(latency)
                 return
+            if err.code() in _PURGED:
+                # The client holding it was replaced (see _replace_producer): hand the tick to
+                # the new one. A purged in-flight message may already be stored; the consumer
+                # recognises the copy by its identity.
+                self.requeued += 1
+                self.publish(tick, count_drop)
+                return
             self.failed += 1
             self._metrics.publish_errors.labels(err.name()).inc()
             if err.fatal():
@@ -75,6 +86,14 @@ class KafkaPublisher:
                     on_delivery=on_delivery,
                 )
                 break
+            except KafkaException as exc:
+                # After a fatal error (e.g. the idempotence state is lost) the client refuses
+                # every message: replace it now and try once more.
+                if attempt == 0 and exc.args and exc.args[0].fatal():
+                    self._fatal = exc.args[0]
+                    self._replace_producer()
+                    continue
+                raise
             except BufferError:
                 if attempt == 0:
                     self._producer.poll(0.05)  # serve callbacks to make room, then try once more
@@ -91,9 +110,25 @@ class KafkaPublisher:
         self._producer.poll(timeout)
         self._metrics.queue_depth.set(len(self._producer))
         if self._fatal is not None:
-            log.error("kafka_producer_fatal", error=str(self._fatal), action="recreating producer")
-            self._fatal = None
-            self._producer = self._factory(self._conf)
+            self._replace_producer()
+
+    def _replace_producer(self) -> None:
+        """Swap in a new client without losing what the old one still held.
+
+        Purging the old client fires each pending message's delivery callback with a purge
+        error, and that callback re-publishes the tick through the new client (in order).
+        """
+        old, pending = self._producer, len(self._producer)
+        log.error(
+            "kafka_producer_fatal",
+            error=str(self._fatal),
+            action="recreating producer",
+            requeueing=pending,
+        )
+        self._fatal = None
+        self._producer = self._factory(self._conf)
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.poll(0)
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
@@ -121,4 +156,6 @@ class KafkaPublisher:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._brokers_down = True
+        if err.fatal():
+            self._fatal = err  # replaced at the next poll()
         log.warning("kafka_client_error", error=err.str(), code=err.name(), fatal=err.fatal())
