@@ -12,6 +12,7 @@ Markers follow the folder a test lives in (unit, integration, e2e, deploy).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, folder))
 
 
+@functools.cache
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -47,6 +49,7 @@ def _docker_answers() -> bool:
     return probe.returncode == 0
 
 
+@functools.cache
 def _local_stack_env() -> dict[str, str]:
     """Start Kafka and PostgreSQL of the local stack (idempotent) and read their addresses."""
     start = subprocess.run(

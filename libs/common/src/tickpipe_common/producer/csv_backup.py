@@ -49,6 +49,11 @@ def tick_from_row(row: dict[str, str]) -> Tick:
     return Tick.model_validate(data)
 
 
+def backup_path(backup_dir: Path, asset_class: AssetClass, day: str) -> Path:
+    """Where the ticks of one asset class and UTC day live."""
+    return backup_dir / asset_class.value / f"{day}.csv"
+
+
 class CsvBackupWriter:
     """Appends ticks; keeps one open file per asset class and moves on when the day changes."""
 
@@ -57,9 +62,6 @@ class CsvBackupWriter:
         self._open: dict[AssetClass, tuple[str, IO[str]]] = {}
         self.rows_written = 0
         self.bytes_written = 0
-
-    def path_for(self, asset_class: AssetClass, day: str) -> Path:
-        return self._dir / asset_class.value / f"{day}.csv"
 
     def write(self, tick: Tick) -> int:
         """Append one tick and flush it to the OS; returns the bytes written."""
@@ -82,7 +84,7 @@ class CsvBackupWriter:
         old = self._open.pop(asset_class, None)
         if old is not None:
             old[1].close()
-        path = self.path_for(asset_class, day)
+        path = backup_path(self._dir, asset_class, day)
         path.parent.mkdir(parents=True, exist_ok=True)
         is_new = not path.exists() or path.stat().st_size == 0
         handle = path.open("a", encoding="utf-8", newline="")
@@ -119,7 +121,7 @@ def read_backup(
     """Ticks with ``since_ns <= ts < until_ns`` in file order; skips a torn last line."""
     wanted = frozenset(symbols) if symbols else None
     for day in _days(since_ns, until_ns):
-        path = backup_dir / asset_class.value / f"{day}.csv"
+        path = backup_path(backup_dir, asset_class, day)
         if not path.exists():
             continue
         with path.open(encoding="utf-8", newline="") as handle:
