@@ -13,14 +13,15 @@ HELM_VERSION := v3.22.0
 TOOLS_BIN := $(CURDIR)/.tools/bin
 HELM := $(TOOLS_BIN)/helm
 PACKAGES := -e libs/common -e services/producer-stocks -e services/producer-crypto \
-            -e services/consumer -e services/market-sim
+            -e services/consumer -e services/market-sim \
+            -e tools/localstack -e tools/status
 
 .PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: constraints.txt requirements-dev.txt libs/common/pyproject.toml services/*/pyproject.toml
+$(BIN)/.installed: constraints.txt requirements-dev.txt libs/common/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install --quiet -c constraints.txt $(PACKAGES) -r requirements-dev.txt
 	touch $@
@@ -72,7 +73,7 @@ stack-down: ## stop Kafka and PostgreSQL
 lint: venv ## ruff and mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src services/*/src tests bench
+	$(BIN)/mypy libs/common/src services/*/src tools/*/src tests bench
 
 test: venv tools stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest

@@ -26,6 +26,9 @@ COMPOSE_FILE=$HERE/compose.yaml
 ENV_FILE=$HERE/.env
 REPO_ENV_FILE=$REPO/.env
 LOCAL_STACK=$REPO/deploy/local/stack.sh
+# The host ports' one definition (compose.yaml's ${VAR:-default} fallbacks repeat it for plain
+# `docker compose`; tests/unit/test_ports.py keeps them equal).
+PORTS_FILE=$REPO/deploy/ports.env
 PROJECT=tickpipe
 ALPACA_STREAM_URL=wss://stream.data.alpaca.markets
 # depends_on.required (an optional simulator) needs Compose 2.20.
@@ -214,10 +217,11 @@ build_args() {
   export TICKPIPE_REVISION=${TICKPIPE_REVISION:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 }
 
-host_port() { # VARIABLE DEFAULT -> the published port, from the environment or .env
+host_port() { # VARIABLE -> the published port: the environment, .env, else deploy/ports.env
   local value=${!1:-}
   [[ -n $value ]] || value=$(file_value "$ENV_FILE" "$1")
-  printf '%s' "${value:-$2}"
+  [[ -n $value ]] || value=$(file_value "$PORTS_FILE" "$1")
+  printf '%s' "$value"
 }
 
 compose_up() {
@@ -232,14 +236,14 @@ compose_up() {
     die "the stack did not become healthy: see '$0 logs' (or 'make logs')"
   fi
   local kafka pg sim stocks crypto consumer prom grafana
-  kafka=$(host_port TICKPIPE_KAFKA_PORT 19092)
-  pg=$(host_port TICKPIPE_PG_PORT 15432)
-  sim=$(host_port TICKPIPE_SIM_PORT 18765)
-  stocks=$(host_port TICKPIPE_PRODUCER_STOCKS_PORT 18001)
-  crypto=$(host_port TICKPIPE_PRODUCER_CRYPTO_PORT 18002)
-  consumer=$(host_port TICKPIPE_CONSUMER_PORT 18003)
-  prom=$(host_port TICKPIPE_PROMETHEUS_PORT 19090)
-  grafana=$(host_port TICKPIPE_GRAFANA_PORT 13000)
+  kafka=$(host_port TICKPIPE_KAFKA_PORT)
+  pg=$(host_port TICKPIPE_PG_PORT)
+  sim=$(host_port TICKPIPE_SIM_PORT)
+  stocks=$(host_port TICKPIPE_PRODUCER_STOCKS_PORT)
+  crypto=$(host_port TICKPIPE_PRODUCER_CRYPTO_PORT)
+  consumer=$(host_port TICKPIPE_CONSUMER_PORT)
+  prom=$(host_port TICKPIPE_PROMETHEUS_PORT)
+  grafana=$(host_port TICKPIPE_GRAFANA_PORT)
   echo
   echo "tickpipe is up (Docker Compose project '$PROJECT', ${COMPOSE_FILE#"$REPO"/})"
   printf '  %-16s %s\n' Kafka "127.0.0.1:$kafka  (topics market_ticks, market_ticks.dlq)"

@@ -20,8 +20,10 @@
 #
 # Everything lives in one run folder, ${TICKPIPE_RUN_DIR:-<repo>/.run}: kafka/ (config, data),
 # postgres/ (data), prometheus/ (config, data), logs/, pids/, backup/ (the producers' CSV backups).
-# Environment: TICKPIPE_KAFKA_PORT (19092; its controller listens on the next port),
-# TICKPIPE_PG_PORT (15432), TICKPIPE_PROMETHEUS_PORT (19090), TICKPIPE_START_TIMEOUT (120 s), TICKPIPE_STOP_TIMEOUT (60 s),
+# Ports: deploy/ports.env, each overridden by its variable: TICKPIPE_KAFKA_PORT (its controller
+# listens on the next port), TICKPIPE_PG_PORT, TICKPIPE_PROMETHEUS_PORT, TICKPIPE_SIM_PORT,
+# TICKPIPE_PRODUCER_STOCKS_PORT, TICKPIPE_PRODUCER_CRYPTO_PORT, TICKPIPE_CONSUMER_PORT.
+# Environment: TICKPIPE_START_TIMEOUT (120 s), TICKPIPE_STOP_TIMEOUT (60 s),
 # TICKPIPE_KAFKA_HEAP ("-Xms256m -Xmx768m"), TICKPIPE_PYTHON (<repo>/.venv/bin/python).
 set -euo pipefail
 
@@ -30,13 +32,27 @@ REPO=$(cd -- "$HERE/../.." && pwd -P)
 RUN_DIR=${TICKPIPE_RUN_DIR:-$REPO/.run}
 [[ $RUN_DIR == /* ]] || RUN_DIR=$PWD/$RUN_DIR
 
-KAFKA_PORT=${TICKPIPE_KAFKA_PORT:-19092}
-PG_PORT=${TICKPIPE_PG_PORT:-15432}
-[[ $KAFKA_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_KAFKA_PORT must be a number" >&2; exit 2; }
-[[ $PG_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_PG_PORT must be a number" >&2; exit 2; }
+# The ports' one definition: deploy/ports.env (KEY=VALUE lines), each overridden by the
+# environment variable of the same name.
+PORTS_FILE=$REPO/deploy/ports.env
+port_setting() { # NAME -> $NAME from the environment, else from deploy/ports.env
+  local value=${!1:-} line re="^[[:space:]]*$1=([0-9]+)[[:space:]]*\$"
+  if [[ -z $value ]]; then
+    while IFS= read -r line || [[ -n $line ]]; do
+      [[ $line =~ $re ]] && value=${BASH_REMATCH[1]}
+    done <"$PORTS_FILE"
+  fi
+  [[ $value =~ ^[0-9]+$ ]] || { echo "stack.sh: $1 must be a port number (not '$value'; default in $PORTS_FILE)" >&2; exit 2; }
+  printf '%s' "$value"
+}
+KAFKA_PORT=$(port_setting TICKPIPE_KAFKA_PORT)
+PG_PORT=$(port_setting TICKPIPE_PG_PORT)
+PROM_PORT=$(port_setting TICKPIPE_PROMETHEUS_PORT)
+SIM_PORT=$(port_setting TICKPIPE_SIM_PORT)
+PRODUCER_STOCKS_PORT=$(port_setting TICKPIPE_PRODUCER_STOCKS_PORT)
+PRODUCER_CRYPTO_PORT=$(port_setting TICKPIPE_PRODUCER_CRYPTO_PORT)
+CONSUMER_PORT=$(port_setting TICKPIPE_CONSUMER_PORT)
 CONTROLLER_PORT=$((KAFKA_PORT + 1))
-PROM_PORT=${TICKPIPE_PROMETHEUS_PORT:-19090}
-[[ $PROM_PORT =~ ^[0-9]+$ ]] || { echo "stack.sh: TICKPIPE_PROMETHEUS_PORT must be a number" >&2; exit 2; }
 START_TIMEOUT=${TICKPIPE_START_TIMEOUT:-120}
 STOP_TIMEOUT=${TICKPIPE_STOP_TIMEOUT:-60}
 KAFKA_HEAP=${TICKPIPE_KAFKA_HEAP:--Xms256m -Xmx768m}
@@ -69,7 +85,6 @@ PG_BIN=
 JAVA=
 
 SERVICES=(market-sim consumer producer-stocks producer-crypto)
-SIM_PORT=18765
 
 svc_module() {
   case $1 in
@@ -84,9 +99,9 @@ svc_module() {
 svc_port() {
   case $1 in
     market-sim) echo "$SIM_PORT" ;;
-    producer-stocks) echo 18001 ;;
-    producer-crypto) echo 18002 ;;
-    consumer) echo 18003 ;;
+    producer-stocks) echo "$PRODUCER_STOCKS_PORT" ;;
+    producer-crypto) echo "$PRODUCER_CRYPTO_PORT" ;;
+    consumer) echo "$CONSUMER_PORT" ;;
     *) return 1 ;;
   esac
 }

@@ -421,7 +421,7 @@ def test_tickpipe_status_summarises_the_running_pipeline(stack: Stack) -> None:
     args = [f"--{name}=http://127.0.0.1:{port}" for name, port in stack.ports.items()]
     options = ["--database-url", stack.dsn, "--window", "1"]
     result = subprocess.run(
-        [sys.executable, "-m", "tickpipe_common.status", "status", *args, "--check", *options],
+        [sys.executable, "-m", "tickpipe_status.cli", "status", *args, "--check", *options],
         capture_output=True,
         text=True,
         timeout=60,

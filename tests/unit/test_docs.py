@@ -9,17 +9,13 @@ from pydantic_settings import BaseSettings
 
 from tickpipe_common.settings import environment_variables
 from tickpipe_consumer.settings import ConsumerSettings
+from tickpipe_localstack.ports import read_ports_file
 from tickpipe_market_sim.settings import SimSettings
 from tickpipe_producer_crypto.settings import CryptoProducerSettings
 from tickpipe_producer_stocks.settings import StockProducerSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-STACK_VARIABLES = {
-    "TICKPIPE_RUN_DIR",
-    "TICKPIPE_KAFKA_PORT",
-    "TICKPIPE_PG_PORT",
-    "TICKPIPE_PROMETHEUS_PORT",
-}
+STACK_VARIABLES = {"TICKPIPE_RUN_DIR", *read_ports_file()}
 
 
 def test_every_setting_is_in_the_readme_tables() -> None:

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tickpipe_common import status
-from tickpipe_common.status import (
+from tickpipe_localstack.ports import read_ports_file
+from tickpipe_status import cli as status
+from tickpipe_status.cli import (
     DatabaseView,
     Scrape,
     bucket_delta,
@@ -23,6 +24,7 @@ from tickpipe_common.status import (
     scrape,
     total,
 )
+from tickpipe_status.settings import StatusSettings
 
 PRODUCER_T0 = """\
 # HELP tickpipe_producer_ticks_received_total Ticks received.
@@ -181,25 +183,57 @@ def test_scrape_reads_metrics_and_readiness() -> None:
     assert (missing.up, missing.error) == (False, "connection refused")
 
 
+def _clear_port_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in read_ports_file():
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
 def test_command_line_defaults_are_the_local_stack(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _clear_port_variables(monkeypatch)
+    defaults = read_ports_file()
     seen: dict[str, object] = {}
 
-    def fake_run(args: argparse.Namespace) -> int:
+    def fake_run(args: argparse.Namespace, settings: StatusSettings) -> int:
         seen.update(vars(args))
+        seen["dsn"] = settings.dsn()
         return 0
 
     monkeypatch.setattr(status, "run_status", fake_run)
     assert status.main(["status"]) == 0
-    assert seen["market_sim"] == "http://127.0.0.1:18765"
-    assert seen["consumer"] == "http://127.0.0.1:18003"
+    assert seen["market_sim"] == f"http://127.0.0.1:{defaults['TICKPIPE_SIM_PORT']}"
+    assert seen["consumer"] == f"http://127.0.0.1:{defaults['TICKPIPE_CONSUMER_PORT']}"
     assert seen["database_url"] is None
+    assert (
+        seen["dsn"] == f"postgresql://postgres@127.0.0.1:{defaults['TICKPIPE_PG_PORT']}/marketdata"
+    )
     assert status.main(["status", "--consumer", "http://x:1", "--watch", "--check"]) == 0
     assert (seen["consumer"], seen["watch"], seen["check"]) == ("http://x:1", True, True)
     with pytest.raises(SystemExit):
         status.main(["nonsense"])
     capsys.readouterr()
+
+
+def test_the_ports_come_from_the_environment_over_the_ports_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_port_variables(monkeypatch)
+    monkeypatch.setenv("TICKPIPE_PG_PORT", "25432")
+    monkeypatch.setenv("TICKPIPE_PRODUCER_CRYPTO_PORT", "28002")
+    settings = StatusSettings()
+    assert settings.local_database_url() == "postgresql://postgres@127.0.0.1:25432/marketdata"
+    assert settings.targets()["producer-crypto"] == "http://127.0.0.1:28002"
+    assert settings.targets()["producer-stocks"].endswith(
+        f":{read_ports_file()['TICKPIPE_PRODUCER_STOCKS_PORT']}"
+    )
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@h:1/d")
+    assert StatusSettings().dsn() == "postgresql://u:pw@h:1/d"
+    monkeypatch.setenv("TICKPIPE_PG_PORT", "not-a-port")
+    with pytest.raises(SystemExit) as exited:
+        status.main(["status"])
+    assert exited.value.code == 2
 
 
 def test_run_status_prints_one_report_and_checks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,10 +248,11 @@ def test_run_status_prints_one_report_and_checks(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(status, "query_last_ticks", fake_query)
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@h:1/d")
     printed: list[str] = []
-    args = status._parser().parse_args(["status", "--check"])
-    assert status.run_status(args, printed.append, lambda _: None) == 1
+    settings = StatusSettings()
+    args = status._parser(settings).parse_args(["status", "--check"])
+    assert status.run_status(args, settings, printed.append, lambda _: None) == 1
     assert queried == ["postgresql://u:pw@h:1/d"]
     assert "consumer" in printed[0]
-    args = status._parser().parse_args(["status", "--no-database"])
-    assert status.run_status(args, printed.append, lambda _: None) == 0
+    args = status._parser(settings).parse_args(["status", "--no-database"])
+    assert status.run_status(args, settings, printed.append, lambda _: None) == 0
     assert len(queried) == 1

@@ -2,8 +2,9 @@
 
 Reads each service's ``/metrics`` and ``/readyz`` twice, a moment apart, to turn counters
 into rates, and asks the database for the newest tick of every symbol. ``--watch`` refreshes
-it (rates then cover the time since the previous refresh). The defaults are the local
-stack's addresses (``make up``); ``make status`` runs it.
+it (rates then cover the time since the previous refresh). Where it looks comes from
+``StatusSettings`` (the local stack's ports from ``deploy/ports.env`` and their
+``TICKPIPE_*_PORT`` variables, ``DATABASE_URL``), then the command line; ``make status`` runs it.
 
 Exit status: 0; with ``--check``, 1 when a service is down or not ready, or the database
 does not answer.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 import urllib.error
@@ -23,15 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
 
-DEFAULT_TARGETS: dict[str, str] = {
-    "market-sim": "http://127.0.0.1:18765",
-    "producer-stocks": "http://127.0.0.1:18001",
-    "producer-crypto": "http://127.0.0.1:18002",
-    "consumer": "http://127.0.0.1:18003",
-}
-LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/marketdata"
+from tickpipe_common.settings import load_settings
+from tickpipe_status.settings import StatusSettings
+
 MAX_SYMBOL_ROWS = 20
 
 # (row title, counter) in pipeline order; each total is summed over every target.
@@ -203,8 +201,6 @@ class DatabaseView:
 def describe_dsn(dsn: str) -> str:
     """host:port/dbname of a libpq DSN or URL, without user or password."""
     try:
-        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - optional dependency
-
         parts = conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - any unparsable DSN: say nothing about it
         return "(unparsable DATABASE_URL)"
@@ -215,11 +211,6 @@ def describe_dsn(dsn: str) -> str:
 
 def query_last_ticks(dsn: str, timeout: float = 5.0) -> DatabaseView:
     view = DatabaseView(describe_dsn(dsn))
-    try:
-        import psycopg  # noqa: PLC0415 - only the consumer's environment has it
-    except ImportError:
-        view.error = "psycopg is not installed here (pip install psycopg[binary])"
-        return view
     try:
         with psycopg.connect(
             dsn,
@@ -432,16 +423,17 @@ def _partition_key(item: tuple[str, float]) -> tuple[int, str]:
 # ------------------------------------------------------------------------------ command line
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: StatusSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickpipe", description="tickpipe's command-line tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser(
         "status",
         help="one-screen summary of a running pipeline",
         description="Summarise a running pipeline from its services' /metrics and /readyz and "
-        "the database. Defaults: the local stack of `make up`.",
+        "the database. Defaults: the local stack of `make up`, on the ports of deploy/ports.env "
+        "or their TICKPIPE_*_PORT variables.",
     )
-    for name, url in DEFAULT_TARGETS.items():
+    for name, url in settings.targets().items():
         status.add_argument(
             f"--{name}", metavar="URL", default=url, help=f"base URL of {name} (default {url})"
         )
@@ -450,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DSN",
         default=None,
         help="database to read the newest ticks from (default: $DATABASE_URL, else the local "
-        f"stack's {LOCAL_DATABASE_URL})",
+        f"stack's {settings.local_database_url()})",
     )
     status.add_argument("--no-database", action="store_true", help="do not query the database")
     status.add_argument(
@@ -467,19 +459,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _targets(args: argparse.Namespace) -> dict[str, str]:
-    return {name: getattr(args, name.replace("-", "_")) for name in DEFAULT_TARGETS}
+def _targets(args: argparse.Namespace, settings: StatusSettings) -> dict[str, str]:
+    return {name: getattr(args, name.replace("-", "_")) for name in settings.targets()}
 
 
 def run_status(
     args: argparse.Namespace,
+    settings: StatusSettings,
     out: Callable[[str], object] = sys.stdout.write,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    targets = _targets(args)
+    targets = _targets(args, settings)
     dsn = None
     if not args.no_database:
-        dsn = args.database_url or os.environ.get("DATABASE_URL") or LOCAL_DATABASE_URL
+        dsn = args.database_url or settings.dsn()
     if args.window <= 0 or args.interval <= 0 or args.timeout <= 0:
         raise SystemExit("tickpipe status: --window, --interval and --timeout must be > 0")
 
@@ -501,9 +494,10 @@ def run_status(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    settings = load_settings(StatusSettings)
+    args = _parser(settings).parse_args(argv)
     try:
-        return run_status(args)
+        return run_status(args, settings)
     except KeyboardInterrupt:
         return 0
 

@@ -1,0 +1,1 @@
+"""Development tooling of tickpipe's local stacks (never installed in an image)."""

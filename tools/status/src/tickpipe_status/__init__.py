@@ -1,0 +1,1 @@
+"""``tickpipe status``: an operator tool, installed in the development virtualenv only."""
