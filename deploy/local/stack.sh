@@ -5,10 +5,11 @@
 # Usage: deploy/local/stack.sh COMMAND
 #   install                         fetch/check what the stack needs (Java, Kafka jars, PostgreSQL,
 #                                   Prometheus)
-#   start infra|kafka|postgres|services|prometheus
+#   start infra|kafka|kafka-sasl|postgres|services|prometheus
 #                                   start (if not running) and wait until it accepts connections
-#                                   (infra also installs Prometheus/promtool: the tests use them)
-#   stop  infra|kafka|postgres|services|prometheus|all
+#                                   (infra also installs Prometheus/promtool: the tests use them;
+#                                   kafka-sasl: the opt-in SASL_SSL broker, never part of infra)
+#   stop  infra|kafka|kafka-sasl|postgres|services|prometheus|all
 #                                   stop cleanly (SIGTERM, wait, then SIGKILL); idempotent
 #   up                              install, start infra, the services, then Prometheus; say where
 #                                   things are
@@ -21,7 +22,7 @@
 # Everything lives in one run folder, ${TICKPIPE_RUN_DIR:-<repo>/.run}: kafka/ (config, data),
 # postgres/ (data), prometheus/ (config, data), logs/, pids/, backup/ (the producers' CSV backups).
 # Ports: deploy/ports.env, each overridden by its variable: TICKPIPE_KAFKA_PORT (its controller
-# listens on the next port), TICKPIPE_PG_PORT, TICKPIPE_PROMETHEUS_PORT, TICKPIPE_SIM_PORT,
+# listens on the next port), TICKPIPE_KAFKA_SASL_PORT (the same for the SASL broker), TICKPIPE_PG_PORT, TICKPIPE_PROMETHEUS_PORT, TICKPIPE_SIM_PORT,
 # TICKPIPE_PRODUCER_STOCKS_PORT, TICKPIPE_PRODUCER_CRYPTO_PORT, TICKPIPE_CONSUMER_PORT.
 # Environment: TICKPIPE_START_TIMEOUT (120 s), TICKPIPE_STOP_TIMEOUT (60 s),
 # TICKPIPE_KAFKA_HEAP ("-Xms256m -Xmx768m"), TICKPIPE_PYTHON (<repo>/.venv/bin/python).
@@ -53,6 +54,8 @@ PRODUCER_STOCKS_PORT=$(port_setting TICKPIPE_PRODUCER_STOCKS_PORT)
 PRODUCER_CRYPTO_PORT=$(port_setting TICKPIPE_PRODUCER_CRYPTO_PORT)
 CONSUMER_PORT=$(port_setting TICKPIPE_CONSUMER_PORT)
 CONTROLLER_PORT=$((KAFKA_PORT + 1))
+SASL_PORT=$(port_setting TICKPIPE_KAFKA_SASL_PORT)
+SASL_CONTROLLER_PORT=$((SASL_PORT + 1))
 START_TIMEOUT=${TICKPIPE_START_TIMEOUT:-120}
 STOP_TIMEOUT=${TICKPIPE_STOP_TIMEOUT:-60}
 KAFKA_HEAP=${TICKPIPE_KAFKA_HEAP:--Xms256m -Xmx768m}
@@ -69,6 +72,10 @@ KAFKA_STAMP=$KAFKA_LIBS/.pom.sha256
 KAFKA_DIR=$RUN_DIR/kafka
 KAFKA_DATA=$KAFKA_DIR/data
 KAFKA_CONF=$KAFKA_DIR/server.properties
+# The opt-in SASL_SSL broker (start kafka-sasl): a separate instance, folder, logs and ports.
+SASL_DIR=$RUN_DIR/kafka-sasl
+SASL_CONF=$SASL_DIR/server.properties
+SASL_HEAP=${TICKPIPE_KAFKA_SASL_HEAP:--Xms128m -Xmx512m}
 PROM_DIR=$RUN_DIR/prometheus
 PROM_CONF=$PROM_DIR/prometheus.yml
 PROM_DATA=$PROM_DIR/data
@@ -376,12 +383,12 @@ kafka_pid() {
 
 kafka_running() { [[ -n $(kafka_pid) ]]; }
 
-kafka_java() { # HEAP_OPTIONS -> the JVM command line of the Kafka tools and broker
+kafka_java() { # HEAP_OPTIONS [LOGS_DIR] -> the JVM command line of the Kafka tools and broker
   # shellcheck disable=SC2086 # the heap options are several words
   printf '%s\n' "$JAVA" $1 -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.xml" "-Dkafka.logs.dir=$LOG_DIR" \
+    "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.xml" "-Dkafka.logs.dir=${2:-$LOG_DIR}" \
     -cp "$KAFKA_LIBS/*"
 }
 
@@ -391,30 +398,32 @@ write_kafka_config() {
   mv -f -- "$KAFKA_CONF.tmp" "$KAFKA_CONF"
 }
 
-format_kafka_storage() {
-  [[ -f $KAFKA_DATA/meta.properties ]] && return 0
+format_kafka_storage() { # DIR STDOUT_LOG [MORE StorageTool ARGS] (DIR holds data/, server.properties)
+  local dir=$1 log=$2
+  shift 2
+  [[ -f $dir/data/meta.properties ]] && return 0
   local java=() cluster_id
   mapfile -t java < <(kafka_java "-Xmx256m")
-  if [[ -s $KAFKA_DIR/cluster.id ]]; then
-    cluster_id=$(cat -- "$KAFKA_DIR/cluster.id")
+  if [[ -s $dir/cluster.id ]]; then
+    cluster_id=$(cat -- "$dir/cluster.id")
   else
     local out
     out=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>&1) || true
     cluster_id=$(tail -n 1 <<<"$out")
     if [[ ! $cluster_id =~ ^[A-Za-z0-9_-]{22}$ ]]; then
-      printf '%s\n' "$out" >>"$LOG_DIR/kafka.stdout.log"
-      show_log_tail "$LOG_DIR/kafka.stdout.log" 20
+      printf '%s\n' "$out" >>"$log"
+      show_log_tail "$log" 20
       die "kafka.tools.StorageTool random-uuid gave no cluster id"
     fi
-    printf '%s\n' "$cluster_id" >"$KAFKA_DIR/cluster.id"
+    printf '%s\n' "$cluster_id" >"$dir/cluster.id"
   fi
-  say "Kafka: formatting the storage in $KAFKA_DATA (cluster id $cluster_id; done once)"
-  if ! "${java[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$KAFKA_CONF" \
-    >>"$LOG_DIR/kafka.stdout.log" 2>&1; then
-    show_log_tail "$LOG_DIR/kafka.stdout.log"
+  say "Kafka: formatting the storage in $dir/data (cluster id $cluster_id; done once)"
+  if ! "${java[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$dir/server.properties" "$@" \
+    >>"$log" 2>&1; then
+    show_log_tail "$log"
     # it was not formatted before: leave no half-formatted folder behind, the next start retries
-    rm -rf -- "$KAFKA_DATA"
-    mkdir -p -- "$KAFKA_DATA"
+    rm -rf -- "$dir/data"
+    mkdir -p -- "$dir/data"
     die "kafka.tools.StorageTool format failed"
   fi
 }
@@ -483,7 +492,7 @@ start_kafka() {
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is in use by another process (not this stack's Kafka); set TICKPIPE_KAFKA_PORT"
     port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT (the Kafka controller's) is in use by another process; set TICKPIPE_KAFKA_PORT"
     write_kafka_config
-    format_kafka_storage
+    format_kafka_storage "$KAFKA_DIR" "$LOG_DIR/kafka.stdout.log"
     local java=()
     mapfile -t java < <(kafka_java "$KAFKA_HEAP")
     printf '\n==== %s starting Kafka ====\n' "$(date -Is)" >>"$LOG_DIR/kafka.stdout.log"
@@ -509,6 +518,56 @@ stop_kafka() {
     stop_pid Kafka "$pid" "$KAFKA_CONF" "$STOP_TIMEOUT"
   fi
   rm -f -- "$PID_DIR/kafka.pid"
+}
+
+# ------------------------------------------------------------------------------- kafka-sasl
+# The SASL_SSL broker: TLS material, passwords, config and provisioning are Python's
+# (tickpipe_localstack.kafka_sasl); here it is installed, formatted, launched and stopped.
+
+kafka_sasl_pid() {
+  local pid
+  pid=$(read_pid "$PID_DIR/kafka-sasl.pid")
+  pid_alive "$pid" "$SASL_CONF" && printf '%s' "$pid"
+}
+
+sasl_py() { "$PY" -m tickpipe_localstack.kafka_sasl "$@"; }
+
+start_kafka_sasl() {
+  ensure_java
+  ensure_kafka_jars
+  need_python
+  command -v openssl >/dev/null || die "the SASL broker's certificates need openssl: run 'apt-get install -y openssl'"
+  local logs=$LOG_DIR/kafka-sasl pid t0=$SECONDS
+  mkdir -p -- "$SASL_DIR/data" "$logs" "$PID_DIR"
+  pid=$(kafka_sasl_pid || true)
+  if [[ -n $pid ]]; then
+    say "Kafka (SASL_SSL): already running (pid $pid) on 127.0.0.1:$SASL_PORT"
+  else
+    port_open "$SASL_PORT" && die "port $SASL_PORT is in use by another process; set TICKPIPE_KAFKA_SASL_PORT"
+    port_open "$SASL_CONTROLLER_PORT" && die "port $SASL_CONTROLLER_PORT (the SASL broker's controller) is in use; set TICKPIPE_KAFKA_SASL_PORT"
+    sasl_py prepare "$SASL_DIR" "$SASL_PORT" "$SASL_CONTROLLER_PORT" || die "could not prepare the SASL broker in $SASL_DIR"
+    format_kafka_storage "$SASL_DIR" "$logs/kafka.stdout.log" --add-scram "$(sasl_py scram "$SASL_DIR")"
+    local java=()
+    mapfile -t java < <(kafka_java "$SASL_HEAP" "$logs")
+    printf '\n==== %s starting Kafka (SASL_SSL) ====\n' "$(date -Is)" >>"$logs/kafka.stdout.log"
+    launch "$PID_DIR/kafka-sasl.pid" "$logs/kafka.stdout.log" "${java[@]}" kafka.Kafka "$SASL_CONF"
+    pid=$(read_pid "$PID_DIR/kafka-sasl.pid")
+    say "Kafka (SASL_SSL): started (pid $pid), waiting for it on 127.0.0.1:$SASL_PORT"
+  fi
+  if ! sasl_py provision "$SASL_DIR" "$pid" "$START_TIMEOUT" | sed 's/^/    /'; then
+    show_log_tail "$logs/kafka.log"
+    die "the SASL_SSL broker did not become ready (logs: $logs)"
+  fi
+  say "Kafka (SASL_SSL): ready on 127.0.0.1:$SASL_PORT, CA $SASL_DIR/tls/ca.pem, passwords in $SASL_DIR/credentials.json ($((SECONDS - t0))s)"
+}
+
+stop_kafka_sasl() {
+  local pid
+  pid=$(kafka_sasl_pid || true)
+  if [[ -n $pid ]]; then
+    stop_pid "Kafka (SASL_SSL)" "$pid" "$SASL_CONF" "$STOP_TIMEOUT"
+  fi
+  rm -f -- "$PID_DIR/kafka-sasl.pid"
 }
 
 # --------------------------------------------------------------------------------- postgres
@@ -923,6 +982,7 @@ cmd_up() {
 cmd_down() {
   stop_prometheus
   stop_services
+  stop_kafka_sasl
   stop_kafka
   stop_postgres
 }
@@ -948,6 +1008,9 @@ cmd_status() {
     printf '  %-16s %-8s %-10s %s\n' "$svc" "$state" "${pid:+pid $pid}" \
       "http://127.0.0.1:$port/healthz${health:+ ($health)}"
   done
+  pid=$(kafka_sasl_pid || true)
+  printf '  %-16s %-8s %-10s %s\n' kafka-sasl "$([[ -n $pid ]] && echo running || echo stopped)" \
+    "${pid:+pid $pid}" "127.0.0.1:$SASL_PORT (SASL_SSL, opt-in: start kafka-sasl)"
   pid=$(prometheus_pid || true)
   printf '  %-16s %-8s %-10s %s\n' prometheus "$([[ -n $pid ]] && echo running || echo stopped)" \
     "${pid:+pid $pid}" "http://127.0.0.1:$PROM_PORT"
@@ -976,6 +1039,7 @@ cmd_logs() {
   for name in "${names[@]}"; do
     case $name in
       kafka) files+=("$LOG_DIR/kafka.log") ;;
+      kafka-sasl) files+=("$LOG_DIR/kafka-sasl/kafka.log") ;;
       postgres) files+=("$LOG_DIR/postgres.log") ;;
       prometheus) files+=("$LOG_DIR/prometheus.log") ;;
       *)
@@ -1005,10 +1069,10 @@ usage() {
 
 what_of() { # COMMAND WHAT -> validate the target of start/stop
   case $2 in
-    infra | kafka | postgres | services | prometheus) return 0 ;;
+    infra | kafka | kafka-sasl | postgres | services | prometheus) return 0 ;;
     all) [[ $1 == stop ]] && return 0 ;;
   esac
-  die "usage: stack.sh $1 infra|kafka|postgres|services|prometheus$([[ $1 == stop ]] && echo '|all')"
+  die "usage: stack.sh $1 infra|kafka|kafka-sasl|postgres|services|prometheus$([[ $1 == stop ]] && echo '|all')"
 }
 
 main() {
@@ -1025,6 +1089,7 @@ main() {
       case $1 in
         infra) start_kafka; start_postgres; ensure_prometheus || true ;;
         kafka) start_kafka ;;
+        kafka-sasl) start_kafka_sasl ;;
         postgres) start_postgres ;;
         services) start_services ;;
         prometheus) start_prometheus ;;
@@ -1037,6 +1102,7 @@ main() {
         all) cmd_down ;;
         infra) stop_kafka; stop_postgres ;;
         kafka) stop_kafka ;;
+        kafka-sasl) stop_kafka_sasl ;;
         postgres) stop_postgres ;;
         services) stop_services ;;
         prometheus) stop_prometheus ;;

@@ -68,6 +68,21 @@ def test_repeated_library_lines_are_rate_limited() -> None:
     ]
 
 
+def test_repeat_filter_holds_back_repeats_that_differ_only_in_numbers() -> None:
+    repeat = RepeatFilter(window=10.0)
+
+    def record(at: float, message: str, **fields: object) -> logging.LogRecord:
+        rec = logging.makeLogRecord({"name": "tickpipe.kafka", "msg": message, **fields})
+        rec.created = at
+        return rec
+
+    assert repeat.filter(record(100.0, "SASL authentication error (after 466ms)"))
+    assert not repeat.filter(record(100.5, "SASL authentication error (after 355ms)"))
+    assert repeat.filter(record(100.6, "kafka_error", code="_AUTHENTICATION"))
+    assert not repeat.filter(record(100.7, "kafka_error", code="_AUTHENTICATION"))
+    assert repeat.filter(record(100.8, "kafka_error", code="_TRANSPORT"))
+
+
 def test_repeat_filter_reports_what_it_held_back() -> None:
     repeat = RepeatFilter(window=10.0)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -62,10 +63,20 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_NUMBERS = re.compile(r"[0-9]+")
+
+
+def _shape(record: logging.LogRecord) -> str:
+    """A record's message and fields with every number blanked: librdkafka's repeats differ
+    only in counters and timings ("after 466ms in state AUTH_REQ")."""
+    fields = json.dumps(_context(record), default=str, sort_keys=True)
+    return _NUMBERS.sub("#", f"{record.getMessage()} {fields}")
+
+
 class RepeatFilter(logging.Filter):
-    """Lets an identical message through once per ``window`` seconds, then says how many
-    were held back. librdkafka repeats a connection error for every broker and retry, which
-    would bury everything else while Kafka is down."""
+    """Lets a message through once per ``window`` seconds, then says how many of the same
+    shape (equal but for numbers) were held back. librdkafka repeats a connection or
+    authentication error for every broker and retry, which would bury everything else."""
 
     def __init__(self, window: float = 10.0) -> None:
         super().__init__()
@@ -73,7 +84,7 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.getMessage())
+        key = (record.name, _shape(record))
         last, held = self._seen.get(key, (0.0, 0))
         if record.created - last < self._window:
             self._seen[key] = (last, held + 1)
@@ -86,8 +97,10 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-# Loggers whose identical lines are rate-limited (see RepeatFilter).
-REPEATING_LOGGERS = ("librdkafka",)
+# Loggers whose repeated lines are rate-limited (see RepeatFilter): librdkafka's own, and the
+# services' reports of the Kafka clients' error callbacks (KAFKA_ERRORS_LOGGER).
+KAFKA_ERRORS_LOGGER = "tickpipe.kafka"
+REPEATING_LOGGERS = ("librdkafka", KAFKA_ERRORS_LOGGER)
 
 
 def configure_logging(

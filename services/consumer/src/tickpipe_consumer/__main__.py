@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.health import HealthServer
 from tickpipe_common.kafka_config import consumer_config, masked, producer_config
-from tickpipe_common.logging import configure_logging, get_logger
+from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, configure_logging, get_logger
 from tickpipe_common.settings import load_settings
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.loop import ConsumerLoop
@@ -40,6 +40,7 @@ _EXIT_FLUSH_SECONDS = 5.0
 _QUIET_SQLSTATES = frozenset({"42P07", "42710"})  # duplicate_table, duplicate_object
 
 log = get_logger(SERVICE)
+kafka_errors = get_logger(KAFKA_ERRORS_LOGGER)  # rate-limited: the clients repeat their errors
 
 
 class ConsumerService:
@@ -177,7 +178,7 @@ class ConsumerService:
             if self._stop is not None:
                 self._stop.set()
             return
-        log.warning("kafka_error", error=str(error), code=error.name())
+        kafka_errors.warning("kafka_error", error=str(error), code=error.name())
 
 
 class _SchemaMissingError(Exception):

@@ -8,11 +8,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from tickpipe_common.logging import get_logger
+from tickpipe_common.backoff import Backoff
+from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, get_logger
 from tickpipe_common.producer.metrics import ProducerMetrics
 from tickpipe_common.schema import Tick, encode_tick, kafka_headers
 
 log = get_logger(__name__)
+kafka_errors = get_logger(KAFKA_ERRORS_LOGGER)  # rate-limited: the client repeats its errors
 
 # A message still undelivered this long after the last acknowledgement means Kafka is not
 # taking ticks right now: report not-ready (the CSV backup keeps everything meanwhile).
@@ -20,6 +22,17 @@ STALLED_AFTER_SECONDS = 10.0
 
 # Delivery errors that mean "this client gave the message up on purpose" (purge()).
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+# Errors that mean this client may not do its job (a wrong password, a missing ACL): no retry
+# mends them, a person must. Not ready, saying which, until a tick is delivered again.
+_ACCESS_DENIED = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    }
+)
 
 
 class KafkaPublisher:
@@ -38,6 +51,10 @@ class KafkaPublisher:
         self._factory = producer_factory
         self._producer = producer_factory(self._conf)
         self._fatal: KafkaError | None = None
+        # A fatal error that a new client meets again (a missing ACL): replace it with backoff.
+        self._replace_backoff = Backoff(1.0, 60.0)
+        self._replace_at = 0.0
+        self._denied: str | None = None
         self._brokers_down = False
         self._last_ack = time.monotonic()
         self.delivered = 0
@@ -57,6 +74,8 @@ class KafkaPublisher:
                 self.delivered += 1
                 self._last_ack = time.monotonic()
                 self._brokers_down = False
+                self._denied = None
+                self._replace_backoff.reset()
                 self._metrics.published.labels(kind, asset_class).inc()
                 # librdkafka's own produce()→ack time, not delayed by when we serve callbacks.
                 latency = msg.latency()
@@ -72,6 +91,7 @@ class KafkaPublisher:
                 return
             self.failed += 1
             self._metrics.publish_errors.labels(err.name()).inc()
+            self._note_denied(err)
             if err.fatal():
                 self._fatal = err
 
@@ -91,8 +111,12 @@ class KafkaPublisher:
                 # every message: replace it now and try once more.
                 if attempt == 0 and exc.args and exc.args[0].fatal():
                     self._fatal = exc.args[0]
-                    self._replace_producer()
-                    continue
+                    if self._replace_if_due():
+                        continue
+                    # Replaced moments ago and refused again: the tick is in the backup only.
+                    self.failed += 1
+                    self._metrics.publish_errors.labels(exc.args[0].name()).inc()
+                    return False
                 raise
             except BufferError:
                 if attempt == 0:
@@ -107,10 +131,38 @@ class KafkaPublisher:
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks; replace the producer after a fatal (idempotence) error."""
-        self._producer.poll(timeout)
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:  # a fatal error, raised rather than passed to error_cb
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError) or not error.fatal():
+                raise
+            self._note_denied(error)
+            self._fatal = error
         self._metrics.queue_depth.set(len(self._producer))
-        if self._fatal is not None:
-            self._replace_producer()
+        self._replace_if_due()
+
+    def _replace_if_due(self) -> bool:
+        """Replace the client after a fatal error, at once the first time, then with backoff
+        (a client refused for a missing ACL is refused again). True if it was replaced."""
+        if self._fatal is None or time.monotonic() < self._replace_at:
+            return False
+        self._replace_producer()
+        self._replace_at = time.monotonic() + self._replace_backoff.next_delay()
+        return True
+
+    def _note_denied(self, err: KafkaError) -> None:
+        if err.code() not in _ACCESS_DENIED:
+            return
+        if self._denied is None:
+            log.error(
+                "kafka_access_denied",
+                code=err.name(),
+                error=err.str(),
+                fix="check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, and that the user may "
+                "Write and Describe the topic",
+            )
+        self._denied = f"{err.name()}: {err.str()}"
 
     def _replace_producer(self) -> None:
         """Swap in a new client without losing what the old one still held.
@@ -150,12 +202,21 @@ class KafkaPublisher:
     def healthy(self) -> tuple[bool, dict[str, object]]:
         pending = len(self._producer)
         stalled = pending > 0 and time.monotonic() - self._last_ack > STALLED_AFTER_SECONDS
-        ok = not self._brokers_down and not stalled
-        return ok, {"kafka_pending": pending, "kafka_brokers_down": self._brokers_down}
+        ok = not self._brokers_down and not stalled and self._denied is None
+        details: dict[str, object] = {
+            "kafka_pending": pending,
+            "kafka_brokers_down": self._brokers_down,
+        }
+        if self._denied is not None:
+            details["kafka_error"] = self._denied
+        return ok, details
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._brokers_down = True
         if err.fatal():
             self._fatal = err  # replaced at the next poll()
-        log.warning("kafka_client_error", error=err.str(), code=err.name(), fatal=err.fatal())
+        self._note_denied(err)
+        kafka_errors.warning(
+            "kafka_client_error", error=err.str(), code=err.name(), fatal=err.fatal()
+        )
