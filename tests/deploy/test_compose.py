@@ -549,6 +549,7 @@ class Workspace:
         shutil.copy2(COMPOSE_DIR / ".env.example", self.compose / ".env.example")
         (root / "libs" / "common").mkdir(parents=True)
         shutil.copy2(REPO / "libs" / "common" / "pyproject.toml", root / "libs" / "common")
+        shutil.copy2(REPO / "deploy" / "ports.env", root / "deploy" / "ports.env")
         local = root / "deploy" / "local"
         local.mkdir(parents=True)
         self._executable(local / "stack.sh", FAKE_STACK)

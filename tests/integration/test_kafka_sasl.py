@@ -15,13 +15,14 @@ plus a user with no ACL at all. Checked:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,56 +254,49 @@ def _assert_not_ready_but_running(service: Service, port: int, says: str) -> dic
     return dict(json.loads(body))
 
 
+def _check_refused(
+    run: Run,
+    sim_url: str,
+    database: str,
+    label: str,
+    kafka: Callable[[str], dict[str, str]],
+    says: str,
+) -> None:
+    """producer-stocks and the consumer, with the Kafka settings ``kafka(role)``, both refused
+    by the broker: each keeps running, is not ready, and logs ``says``."""
+    producer, producer_port = run.start(
+        f"producer-stocks-{label}",
+        "tickpipe_producer_stocks",
+        {**kafka("producer-stocks"), **_producer_env(run, sim_url, STOCKS, "trades")},
+    )
+    details = _assert_not_ready_but_running(producer, producer_port, says)
+    assert details["kafka_ok"] is False, details
+    assert says in str(details.get("kafka_error")).lower(), details
+    consumer, consumer_port = run.start(
+        f"consumer-{label}",
+        "tickpipe_consumer",
+        {**kafka("consumer"), "KAFKA_GROUP_ID": f"{run.group}-{label}", "DATABASE_URL": database},
+    )
+    _assert_not_ready_but_running(consumer, consumer_port, says)
+
+
 def test_a_wrong_password_is_a_clear_error_and_not_ready(
     run: Run, sim_url: str, database: str
 ) -> None:
     wrong = "wrong-" + secrets.token_hex(8)
     run.passwords["(wrong password)"] = wrong
-    env = _producer_env(run, sim_url, STOCKS, "trades")
-    producer, producer_port = run.start(
-        "producer-stocks-wrong-password",
-        "tickpipe_producer_stocks",
-        {**run.env("producer-stocks", password=wrong), **env},
-    )
-    details = _assert_not_ready_but_running(producer, producer_port, AUTH_FAILED)
-    assert details["kafka_ok"] is False, details
-    assert AUTH_FAILED in str(details.get("kafka_error")).lower(), details
-    consumer, consumer_port = run.start(
-        "consumer-wrong-password",
-        "tickpipe_consumer",
-        {
-            **run.env("consumer", password=wrong),
-            "KAFKA_GROUP_ID": run.group + "-wrong",
-            "DATABASE_URL": database,
-        },
-    )
-    _assert_not_ready_but_running(consumer, consumer_port, AUTH_FAILED)
+    env = functools.partial(run.env, password=wrong)
+    _check_refused(run, sim_url, database, "wrong-password", env, AUTH_FAILED)
 
 
 def test_a_user_without_acls_is_a_clear_error_and_not_ready(
     run: Run, sim_url: str, database: str
 ) -> None:
-    env = _producer_env(run, sim_url, CRYPTO, "trades")
-    producer, producer_port = run.start(
-        "producer-crypto-no-acl", "tickpipe_producer_crypto", {**run.env("intruder"), **env}
-    )
-    details = _assert_not_ready_but_running(producer, producer_port, NOT_AUTHORIZED)
-    assert details["kafka_ok"] is False, details
-    assert NOT_AUTHORIZED in str(details.get("kafka_error")).lower(), details
-    consumer, consumer_port = run.start(
-        "consumer-no-acl",
-        "tickpipe_consumer",
-        {
-            **run.env("intruder"),
-            "KAFKA_GROUP_ID": run.group + "-intruder",
-            "DATABASE_URL": database,
-        },
-    )
-    _assert_not_ready_but_running(consumer, consumer_port, NOT_AUTHORIZED)
+    _check_refused(run, sim_url, database, "no-acl", lambda _: run.env("intruder"), NOT_AUTHORIZED)
 
 
 def test_no_password_in_any_log_metrics_or_readiness_page(run: Run, broker: SaslBroker) -> None:
-    assert len(run.services) >= 7, "runs after the tests that start the services"
+    assert len(run.services) >= 6, "runs after the tests that start the services"
     passwords = [*run.passwords.values(), broker.admin_password, *broker.passwords.values()]
     for service in run.services:
         text = service.log_path.read_text(errors="replace")
