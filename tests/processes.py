@@ -1,14 +1,17 @@
-"""Running tickpipe services as real processes in tests."""
+"""Running tickpipe services as real processes in tests.
+
+The waiting and stopping is the local stack's own supervision (``tickpipe_localstack.supervise``,
+what ``deploy/local/stack.sh`` runs): readiness polled while the process lives, SIGTERM then
+SIGKILL.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tickpipe_localstack.supervise import NotReady, http_ok, terminate, wait_until
+
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``condition`` every half second; fail saying ``what`` did not happen in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    try:
+        wait_until(condition, timeout, what, interval=0.5)
+    except NotReady:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def free_port() -> int:
@@ -66,32 +69,22 @@ class Service:
         return self
 
     def wait_http(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                if http_get(url, timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(
-            f"{self.name}: {url} not answering after {timeout}s\n{self.log_tail()}"
-        )
+        """Until ``url`` answers 200; fails early (with the log's end) if the process exits."""
+        try:
+            wait_until(lambda: http_ok(url), timeout, url, alive=self._alive, log=self.log_path)
+        except NotReady as exc:
+            raise AssertionError(f"{self.name}: {exc}") from None
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then wait; returns the exit code (killing it if it hangs fails the caller)."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout}s") from None
+        if not terminate(self.process.pid, self._alive, timeout):
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout}s")
+        return self.process.wait()
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        return self.process.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # tickpipe's no-Docker local stack: Kafka (KRaft, jars from Maven Central), PostgreSQL
 # (Debian's packages) and the pipeline services, as plain background processes.
+# This script installs and configures; the supervision (pid files, readiness waits, SIGTERM
+# then SIGKILL) is tickpipe_localstack.supervise, which the tests' process helpers share, and
+# the Kafka admin steps are tickpipe_localstack.kafka_ready / .kafka_sasl (tools/localstack/).
 #
 # Usage: deploy/local/stack.sh COMMAND
 #   install                         fetch/check what the stack needs (Java, Kafka jars, PostgreSQL,
@@ -145,72 +148,40 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# True when PID is a live process whose command line contains MARKER (guards against a
-# stale pid file pointing at a recycled pid; a zombie has an empty command line).
-pid_alive() {
-  local pid=$1 marker=$2 cmd
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
-  [[ -n $cmd && $cmd == *"$marker"* ]]
+# Supervision (pid files, readiness waits, SIGTERM then SIGKILL) is one Python module, shared
+# with the tests' process helpers: tools/localstack/src/tickpipe_localstack/supervise.py. It
+# uses only the standard library, so the system's python3 runs it before any virtualenv exists.
+# fd 9 (the stack lock) is closed for it, so no process it starts ever holds the lock.
+SUPERVISE_PY=$REPO/tools/localstack/src/tickpipe_localstack/supervise.py
+supervise() {
+  local python=$PY
+  [[ -x $python ]] || python=$(command -v python3) || die "python3 is needed (the stack's supervision is Python)"
+  "$python" "$SUPERVISE_PY" "$@" 9>&-
 }
 
-read_pid() { # FILE -> the pid in its first line, or nothing
-  local pid=
-  if [[ -r $1 ]]; then
-    read -r pid <"$1" 2>/dev/null || true
-  fi
-  printf '%s' "$pid"
-}
+# PIDFILE MARKER -> the pid, if that process runs and its command line contains MARKER
+# (a stale pid file pointing at a recycled pid is not trusted).
+live_pid() { supervise pid "$1" "$2" 2>/dev/null; }
+
+# [--cwd DIR] PIDFILE LOG COMMAND...: start COMMAND in its own session (a Ctrl-C in the
+# terminal that started it, or that runs `make logs`, does not reach it), stdin from
+# /dev/null, output appended to LOG, its pid in PIDFILE.
+launch() { supervise launch "$@" >/dev/null || die "could not start: $*"; }
+
+# NAME PIDFILE MARKER SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL; idempotent.
+stop_pid() { supervise stop "$@"; }
+
+# URL PIDFILE MARKER LOG: wait until URL answers 2xx; false (the log's end on stderr) when the
+# process exits first or TICKPIPE_START_TIMEOUT passes.
+wait_http() { supervise wait-http "$1" "$2" "$3" "$START_TIMEOUT" "$4"; }
+
+http_ok() { supervise http-ok "$1"; } # URL -> true on a 2xx answer
 
 port_open() { # PORT -> true when something accepts TCP connections on 127.0.0.1:PORT
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 now() { date +%s; }
-
-# Wait for PID to exit; true if it did within SECONDS.
-wait_exit() {
-  local pid=$1 marker=$2 seconds=$3 deadline
-  deadline=$(($(now) + seconds))
-  while pid_alive "$pid" "$marker"; do
-    (($(now) < deadline)) || return 1
-    sleep 0.2
-  done
-}
-
-# Stop PID: SIGTERM, wait up to SECONDS, then SIGKILL.
-stop_pid() {
-  local name=$1 pid=$2 marker=$3 seconds=$4
-  if ! pid_alive "$pid" "$marker"; then
-    return 0
-  fi
-  printf '==> stopping %s (pid %s) ... ' "$name" "$pid"
-  kill -TERM "$pid" 2>/dev/null || true
-  if wait_exit "$pid" "$marker" "$seconds"; then
-    echo "stopped"
-  else
-    echo "still running after ${seconds}s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_exit "$pid" "$marker" 10 || die "$name (pid $pid) survived SIGKILL"
-  fi
-}
-
-# Start a long-running command in its own session (so a Ctrl-C in the terminal that started
-# it, or that runs `make logs`, does not reach it), stdin from /dev/null, output appended to
-# LOG. The process writes its own pid to PIDFILE before exec, so the pid is the real one.
-# fd 9 (the stack lock) is closed so the process never holds the lock.
-launch() {
-  local pidfile=$1 log=$2 i
-  shift 2
-  rm -f -- "$pidfile"
-  # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
-  setsid --fork bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 9>&-
-  for ((i = 0; i < 100; i++)); do
-    [[ -s $pidfile ]] && return 0
-    sleep 0.1
-  done
-  die "could not start $* (no pid file $pidfile)"
-}
 
 need_python() {
   [[ -x $PY ]] || die "no Python environment at $PY: run 'make venv' first (the stack uses its confluent_kafka and runs the services from it)"
@@ -375,11 +346,7 @@ ensure_prometheus() { # -> true when prometheus and promtool are there
 
 # ------------------------------------------------------------------------------------ kafka
 
-kafka_pid() {
-  local pid
-  pid=$(read_pid "$PID_DIR/kafka.pid")
-  pid_alive "$pid" "$KAFKA_CONF" && printf '%s' "$pid"
-}
+kafka_pid() { live_pid "$PID_DIR/kafka.pid" "$KAFKA_CONF"; }
 
 kafka_running() { [[ -n $(kafka_pid) ]]; }
 
@@ -428,57 +395,6 @@ format_kafka_storage() { # DIR STDOUT_LOG [MORE StorageTool ARGS] (DIR holds dat
   fi
 }
 
-# One Python process: wait until the broker answers metadata requests, then create the
-# pipeline's topics (if missing) and wait until they have leaders.
-KAFKA_READY_PY='
-import os, sys, time
-from confluent_kafka.admin import AdminClient, NewTopic
-bootstrap, pid, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
-wanted = {}
-for spec in sys.argv[4:]:
-    name, partitions = spec.split(":")
-    wanted[name] = int(partitions)
-admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": 5000})
-def alive():
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-md = None
-while time.monotonic() < deadline and alive():
-    try:
-        md = admin.list_topics(timeout=3)
-        if md.brokers:
-            break
-    except Exception:
-        pass
-    md = None
-    time.sleep(0.5)
-if md is None:
-    print("broker not answering" if alive() else "broker process exited", file=sys.stderr)
-    sys.exit(1)
-missing = [NewTopic(n, num_partitions=p, replication_factor=1) for n, p in wanted.items() if n not in md.topics]
-for name, future in admin.create_topics(missing, operation_timeout=30).items() if missing else []:
-    try:
-        future.result(timeout=60)
-        print(f"created topic {name} ({wanted[name]} partitions)")
-    except Exception as exc:
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            print(f"could not create topic {name}: {exc}", file=sys.stderr)
-            sys.exit(1)
-while True:
-    md = admin.list_topics(timeout=5)
-    ok = all(n in md.topics and md.topics[n].error is None and len(md.topics[n].partitions) > 0
-             and all(p.leader >= 0 for p in md.topics[n].partitions.values()) for n in wanted)
-    if ok:
-        break
-    if time.monotonic() > deadline:
-        print("topics have no leader yet", file=sys.stderr)
-        sys.exit(1)
-    time.sleep(0.5)
-'
-
 start_kafka() {
   ensure_java
   ensure_kafka_jars
@@ -497,10 +413,10 @@ start_kafka() {
     mapfile -t java < <(kafka_java "$KAFKA_HEAP")
     printf '\n==== %s starting Kafka ====\n' "$(date -Is)" >>"$LOG_DIR/kafka.stdout.log"
     launch "$PID_DIR/kafka.pid" "$LOG_DIR/kafka.stdout.log" "${java[@]}" kafka.Kafka "$KAFKA_CONF"
-    pid=$(read_pid "$PID_DIR/kafka.pid")
+    pid=$(<"$PID_DIR/kafka.pid")
     say "Kafka: started (pid $pid), waiting for it on $KAFKA_BOOTSTRAP (up to ${START_TIMEOUT}s)"
   fi
-  if ! "$PY" -c "$KAFKA_READY_PY" "$KAFKA_BOOTSTRAP" "$pid" "$START_TIMEOUT" "$TOPIC:3" "$DLQ_TOPIC:1" |
+  if ! "$PY" -m tickpipe_localstack.kafka_ready "$KAFKA_BOOTSTRAP" "$pid" "$START_TIMEOUT" "$TOPIC:3" "$DLQ_TOPIC:1" |
     sed 's/^/    /'; then
     show_log_tail "$LOG_DIR/kafka.log"
     show_log_tail "$LOG_DIR/kafka.stdout.log" 20
@@ -515,7 +431,7 @@ stop_kafka() {
   if [[ -z $pid ]]; then
     say "Kafka: not running"
   else
-    stop_pid Kafka "$pid" "$KAFKA_CONF" "$STOP_TIMEOUT"
+    stop_pid Kafka "$PID_DIR/kafka.pid" "$KAFKA_CONF" "$STOP_TIMEOUT"
   fi
   rm -f -- "$PID_DIR/kafka.pid"
 }
@@ -524,11 +440,7 @@ stop_kafka() {
 # The SASL_SSL broker: TLS material, passwords, config and provisioning are Python's
 # (tickpipe_localstack.kafka_sasl); here it is installed, formatted, launched and stopped.
 
-kafka_sasl_pid() {
-  local pid
-  pid=$(read_pid "$PID_DIR/kafka-sasl.pid")
-  pid_alive "$pid" "$SASL_CONF" && printf '%s' "$pid"
-}
+kafka_sasl_pid() { live_pid "$PID_DIR/kafka-sasl.pid" "$SASL_CONF"; }
 
 sasl_py() { "$PY" -m tickpipe_localstack.kafka_sasl "$@"; }
 
@@ -551,7 +463,7 @@ start_kafka_sasl() {
     mapfile -t java < <(kafka_java "$SASL_HEAP" "$logs")
     printf '\n==== %s starting Kafka (SASL_SSL) ====\n' "$(date -Is)" >>"$logs/kafka.stdout.log"
     launch "$PID_DIR/kafka-sasl.pid" "$logs/kafka.stdout.log" "${java[@]}" kafka.Kafka "$SASL_CONF"
-    pid=$(read_pid "$PID_DIR/kafka-sasl.pid")
+    pid=$(<"$PID_DIR/kafka-sasl.pid")
     say "Kafka (SASL_SSL): started (pid $pid), waiting for it on 127.0.0.1:$SASL_PORT"
   fi
   if ! sasl_py provision "$SASL_DIR" "$pid" "$START_TIMEOUT" | sed 's/^/    /'; then
@@ -561,14 +473,7 @@ start_kafka_sasl() {
   say "Kafka (SASL_SSL): ready on 127.0.0.1:$SASL_PORT, CA $SASL_DIR/tls/ca.pem, passwords in $SASL_DIR/credentials.json ($((SECONDS - t0))s)"
 }
 
-stop_kafka_sasl() {
-  local pid
-  pid=$(kafka_sasl_pid || true)
-  if [[ -n $pid ]]; then
-    stop_pid "Kafka (SASL_SSL)" "$pid" "$SASL_CONF" "$STOP_TIMEOUT"
-  fi
-  rm -f -- "$PID_DIR/kafka-sasl.pid"
-}
+stop_kafka_sasl() { stop_pid "Kafka (SASL_SSL)" "$PID_DIR/kafka-sasl.pid" "$SASL_CONF" "$STOP_TIMEOUT"; }
 
 # --------------------------------------------------------------------------------- postgres
 
@@ -615,11 +520,7 @@ pg_resolve() {
   fi
 }
 
-pg_pid() {
-  local pid
-  pid=$(read_pid "$PG_DATA/postmaster.pid")
-  pid_alive "$pid" "$PG_DATA" && printf '%s' "$pid"
-}
+pg_pid() { live_pid "$PG_DATA/postmaster.pid" "$PG_DATA"; }
 
 pg_running() { [[ -n $(pg_pid) ]]; }
 
@@ -711,7 +612,7 @@ stop_postgres() {
     else
       echo "no clean stop within ${STOP_TIMEOUT}s: immediate shutdown"
       as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m immediate -w -t 30 -s >>"$LOG_DIR/postgres.log" 2>&1 ||
-        stop_pid PostgreSQL "$pid" "$PG_DATA" 10
+        stop_pid PostgreSQL "$PG_DATA/postmaster.pid" "$PG_DATA" 10
     fi
   fi
   rm -f -- "$PID_DIR/postgres.pid"
@@ -719,19 +620,7 @@ stop_postgres() {
 
 # --------------------------------------------------------------------------------- services
 
-svc_pid() {
-  local pid
-  pid=$(read_pid "$PID_DIR/$1.pid")
-  pid_alive "$pid" "-m $(svc_module "$1")" && printf '%s' "$pid"
-}
-
-http_ok() { # URL -> true on a 2xx answer
-  if command -v curl >/dev/null; then
-    curl -fsS -o /dev/null --max-time 2 -- "$1" 2>/dev/null
-  else
-    "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
-  fi
-}
+svc_pid() { live_pid "$PID_DIR/$1.pid" "-m $(svc_module "$1")"; }
 
 # Read KEY from the environment, else from the git-ignored .env at the repo root.
 env_or_dotenv() {
@@ -802,22 +691,10 @@ start_service() {
         ;;
     esac
     printf '\n==== %s starting %s ====\n' "$(date -Is)" "$svc" >>"$log"
-    (cd -- "$REPO" && launch "$PID_DIR/$svc.pid" "$log" env "${env[@]}" "$PY" -m "$module")
-    pid=$(read_pid "$PID_DIR/$svc.pid")
-    say "$svc: started (pid $pid), waiting for $url"
+    launch --cwd "$REPO" "$PID_DIR/$svc.pid" "$log" env "${env[@]}" "$PY" -m "$module"
+    say "$svc: started (pid $(<"$PID_DIR/$svc.pid")), waiting for $url"
   fi
-  local deadline=$(($(now) + START_TIMEOUT))
-  until http_ok "$url"; do
-    if ! pid_alive "$pid" "-m $module"; then
-      show_log_tail "$log"
-      die "$svc exited during start (log: $log)"
-    fi
-    if (($(now) >= deadline)); then
-      show_log_tail "$log"
-      die "$svc did not answer $url within ${START_TIMEOUT}s (log: $log)"
-    fi
-    sleep 0.5
-  done
+  wait_http "$url" "$PID_DIR/$svc.pid" "-m $module" "$log" || die "$svc did not start (log: $log)"
 }
 
 # Fail early, before anything starts, when a service has no runnable module yet.
@@ -859,7 +736,7 @@ stop_services() {
     svc=${SERVICES[i]}
     pid=$(svc_pid "$svc" || true)
     if [[ -n $pid ]]; then
-      stop_pid "$svc" "$pid" "-m $(svc_module "$svc")" "$STOP_TIMEOUT"
+      stop_pid "$svc" "$PID_DIR/$svc.pid" "-m $(svc_module "$svc")" "$STOP_TIMEOUT"
       stopped=$((stopped + 1))
     fi
     rm -f -- "$PID_DIR/$svc.pid"
@@ -869,11 +746,7 @@ stop_services() {
 
 # ------------------------------------------------------------------------------- prometheus
 
-prometheus_pid() {
-  local pid
-  pid=$(read_pid "$PID_DIR/prometheus.pid")
-  pid_alive "$pid" "$PROM_CONF" && printf '%s' "$pid"
-}
+prometheus_pid() { live_pid "$PID_DIR/prometheus.pid" "$PROM_CONF"; }
 
 write_prometheus_config() {
   mkdir -p -- "$PROM_DIR" "$PROM_DATA"
@@ -903,24 +776,14 @@ start_prometheus() {
   else
     port_open "$PROM_PORT" && die "port $PROM_PORT is in use by another process (not this stack's Prometheus); set TICKPIPE_PROMETHEUS_PORT"
     printf '\n==== %s starting Prometheus ====\n' "$(date -Is)" >>"$LOG_DIR/prometheus.log"
-    (cd -- "$PROM_DIR" && launch "$PID_DIR/prometheus.pid" "$LOG_DIR/prometheus.log" \
+    launch --cwd "$PROM_DIR" "$PID_DIR/prometheus.pid" "$LOG_DIR/prometheus.log" \
       "$(command -v prometheus)" "--config.file=$PROM_CONF" "--storage.tsdb.path=$PROM_DATA" \
-      --storage.tsdb.retention.time=7d "--web.listen-address=127.0.0.1:$PROM_PORT")
-    pid=$(read_pid "$PID_DIR/prometheus.pid")
+      --storage.tsdb.retention.time=7d "--web.listen-address=127.0.0.1:$PROM_PORT"
+    pid=$(<"$PID_DIR/prometheus.pid")
     say "Prometheus: started (pid $pid), waiting for $url/-/ready"
   fi
-  local deadline=$(($(now) + START_TIMEOUT))
-  until http_ok "$url/-/ready"; do
-    if ! pid_alive "$pid" "$PROM_CONF"; then
-      show_log_tail "$LOG_DIR/prometheus.log"
-      die "Prometheus exited during start (log: $LOG_DIR/prometheus.log)"
-    fi
-    if (($(now) >= deadline)); then
-      show_log_tail "$LOG_DIR/prometheus.log"
-      die "Prometheus did not answer $url/-/ready within ${START_TIMEOUT}s"
-    fi
-    sleep 0.5
-  done
+  wait_http "$url/-/ready" "$PID_DIR/prometheus.pid" "$PROM_CONF" "$LOG_DIR/prometheus.log" ||
+    die "Prometheus did not start (log: $LOG_DIR/prometheus.log)"
   say "Prometheus: ready at $url ($((SECONDS - t0))s)"
 }
 
@@ -930,7 +793,7 @@ stop_prometheus() {
   if [[ -z $pid ]]; then
     say "Prometheus: not running"
   else
-    stop_pid Prometheus "$pid" "$PROM_CONF" "$STOP_TIMEOUT"
+    stop_pid Prometheus "$PID_DIR/prometheus.pid" "$PROM_CONF" "$STOP_TIMEOUT"
   fi
   rm -f -- "$PID_DIR/prometheus.pid"
 }
