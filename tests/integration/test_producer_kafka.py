@@ -1,41 +1,81 @@
-"""The producer runtime against a real broker: publishing, headers, replay, Kafka outages."""
+"""The producer runtime against a real broker: publishing, headers, replay, Kafka outages,
+and spilling to the backup when the client's queue is full, then re-publishing from it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from msgpack import Timestamp
 from prometheus_client import CollectorRegistry
 
 from tests.kafka_helpers import read_topic
-from tests.unit.ticks import TS, bar, trade
+from tests.unit.ticks import TS, back_up, bar, trade
 from tickpipe_common.kafka_config import producer_config
-from tickpipe_common.producer.csv_backup import CsvBackupWriter
+from tickpipe_common.producer.csv_backup import CsvBackupWriter, read_backup
+from tickpipe_common.producer.handoff import HandOff
 from tickpipe_common.producer.metrics import ProducerMetrics
-from tickpipe_common.producer.pipeline import TickPipeline
 from tickpipe_common.producer.price_filter import PriceChangeFilter
 from tickpipe_common.producer.publisher import KafkaPublisher
 from tickpipe_common.producer.replay import replay_backup
-from tickpipe_common.schema import AssetClass, decode_tick
+from tickpipe_common.producer.sink import TickSink
+from tickpipe_common.schema import AssetClass, Tick, decode_tick, encode_tick
 from tickpipe_common.settings import KafkaSettings
 from tickpipe_producer_stocks.settings import StockProducerSettings
 
 DAY = 86_400 * 10**9
 
 
-def _publisher(bootstrap: str, topic: str) -> tuple[KafkaPublisher, CollectorRegistry]:
+def _publisher(
+    bootstrap: str, topic: str, queue_max_mib: int = 64, **conf_overrides: object
+) -> tuple[KafkaPublisher, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = ProducerMetrics(registry)
     settings = KafkaSettings(kafka_bootstrap_servers=bootstrap)
-    conf = producer_config(settings, "producer-stocks")
-    return KafkaPublisher(conf, topic, "producer-stocks", metrics), registry
+    conf = producer_config(settings, "producer-stocks", queue_max_mib=queue_max_mib)
+    conf.update(conf_overrides)
+    return KafkaPublisher(conf, topic, "producer-stocks", "stock", metrics), registry
+
+
+def _produce(publisher: KafkaPublisher, tick: Tick) -> bool:
+    return publisher.produce(tick.symbol.encode(), encode_tick(tick), tick.kind.value)
+
+
+def _sink(publisher: KafkaPublisher, backup: CsvBackupWriter) -> TickSink:
+    return TickSink(
+        HandOff(1000),
+        "stock",
+        "iex",
+        PriceChangeFilter(every_tick=True),
+        backup,
+        publisher,
+        publisher.metrics,
+    )
+
+
+def _spilling(sink: TickSink) -> bool:
+    return sink.spill is not None
+
+
+def _raw_trade(i: int, symbol: str = "AAPL") -> dict[str, Any]:
+    return {
+        "T": "t",
+        "S": symbol,
+        "i": i,
+        "x": "V",
+        "p": 1.0 + i / 100,
+        "s": 1,
+        "t": Timestamp.from_unix_nano(TS + i),
+    }
 
 
 def test_published_ticks_arrive_keyed_with_headers(kafka_bootstrap: str, fresh_topic: str) -> None:
     publisher, registry = _publisher(kafka_bootstrap, fresh_topic)
     ticks = [trade(trade_id=i, symbol=("AAPL", "MSFT")[i % 2]) for i in range(50)] + [bar()]
     for tick in ticks:
-        assert publisher.publish(tick)
+        assert _produce(publisher, tick)
     assert publisher.flush(30) == 0
     assert publisher.delivered == len(ticks)
     labels = {"kind": "trade", "asset_class": "stock"}
@@ -60,10 +100,10 @@ def test_published_ticks_arrive_keyed_with_headers(kafka_bootstrap: str, fresh_t
 def test_replay_republishes_exactly_the_range(
     kafka_bootstrap: str, fresh_topic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = CsvBackupWriter(tmp_path)
+    writer = CsvBackupWriter(tmp_path, AssetClass.STOCK)
     for day in range(3):
         for i in range(10):
-            writer.write(trade(ts_ns=TS + day * DAY + i, trade_id=day * 100 + i))
+            back_up(writer, trade(ts_ns=TS + day * DAY + i, trade_id=day * 100 + i))
     writer.close()
     monkeypatch.setenv("ALPACA_DATA_STREAM_URL", "ws://127.0.0.1:1")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
@@ -84,21 +124,25 @@ def test_replay_republishes_exactly_the_range(
 
 def test_kafka_down_keeps_the_backup_and_reports_not_ready(tmp_path: Path) -> None:
     # A real client against a port where no broker listens.
-    publisher, _ = _publisher("127.0.0.1:9", "market_ticks")
-    metrics = ProducerMetrics(CollectorRegistry())
+    publisher, registry = _publisher("127.0.0.1:9", "market_ticks")
     assert not publisher.check_connection(timeout=2)
-    backup = CsvBackupWriter(tmp_path)
-    pipeline = TickPipeline(
-        AssetClass.STOCK, "iex", PriceChangeFilter(every_tick=True), backup, publisher, metrics
-    )
-    raw = {"T": "t", "S": "AAPL", "i": 1, "x": "V", "p": 1.0, "s": 1, "t": "2024-03-01T14:30:00Z"}
-    for i in range(5):
-        pipeline.handle({**raw, "i": i})
+    backup = CsvBackupWriter(tmp_path, AssetClass.STOCK)
+    sink = _sink(publisher, backup)
+    bad = {
+        "T": "t",
+        "S": "AAPL",
+        "t": Timestamp.from_unix_nano(TS),
+    }  # no price: counted, and the rest of the frame goes on
+    sink.handle([(TS, [_raw_trade(0), bad, _raw_trade(1), cast(Any, 5), _raw_trade(2)])])
+    sink.handle([(TS, [_raw_trade(i) for i in range(3, 5)])])
     backup.close()
     ok, details = publisher.healthy()
     assert not ok
     assert details["kafka_brokers_down"] is True
     assert backup.rows_written == 5
+    assert registry.get_sample_value("tickpipe_producer_malformed_messages_total") == 1
+    # the 5 is not even a mapping: an unexpected error, counted, and the frame goes on
+    assert registry.get_sample_value("tickpipe_producer_message_errors_total") == 1
     assert publisher.delivered == 0
     publisher.flush(0.1)
 
@@ -111,10 +155,12 @@ def test_replacing_the_client_hands_over_every_queued_tick(
     registry = CollectorRegistry()
     conf = producer_config(KafkaSettings(kafka_bootstrap_servers=kafka_bootstrap), "replace-test")
     conf["linger.ms"] = 60_000  # keep everything queued in the first client
-    publisher = KafkaPublisher(conf, fresh_topic, "producer-stocks", ProducerMetrics(registry))
+    publisher = KafkaPublisher(
+        conf, fresh_topic, "producer-stocks", "stock", ProducerMetrics(registry)
+    )
     ticks = [trade(trade_id=i) for i in range(100)]
     for tick in ticks:
-        assert publisher.publish(tick)
+        assert _produce(publisher, tick)
     assert publisher.delivered == 0
     publisher._replace_producer()
     assert publisher.requeued == 100
@@ -123,3 +169,46 @@ def test_replacing_the_client_hands_over_every_queued_tick(
     messages = read_topic(kafka_bootstrap, fresh_topic, expected=100)
     ids = [decode_tick(m.value()).trade_id or 0 for m in messages]
     assert ids == list(range(100))  # all of them, once, in order (one symbol, one partition)
+
+
+def test_a_full_queue_spills_to_the_backup_and_republishes_it_in_order(
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
+) -> None:
+    """The client's queue (1 MiB here) cannot take the burst while nothing is sent (a long
+    linger stands in for an unreachable broker): the sink goes on writing the backup, and
+    once Kafka takes messages again it re-publishes from the backup by itself — every tick
+    once, each symbol in order, no manual replay."""
+    publisher, registry = _publisher(
+        kafka_bootstrap, fresh_topic, queue_max_mib=1, **{"linger.ms": 60_000}
+    )
+    backup = CsvBackupWriter(tmp_path, AssetClass.STOCK)
+    sink = _sink(publisher, backup)
+    symbols = ("AAPL", "MSFT", "NVDA")
+    total = 12_000  # ~330 bytes each: about four times what the queue holds
+    for start in range(0, total, 200):
+        frame: list[Mapping[str, Any]] = [
+            _raw_trade(i, symbols[i % 3]) for i in range(start, start + 200)
+        ]
+        sink.handle([(TS + start, frame)])
+        sink.service()
+    assert _spilling(sink), "the queue never filled"
+    assert registry.get_sample_value("tickpipe_producer_spilling") == 1
+    assert backup.rows_written == total
+    for _ in range(200):  # Kafka takes messages again: flush sends, service re-publishes
+        publisher.flush(10)
+        sink.service()
+        if not _spilling(sink):
+            break
+    assert not _spilling(sink), "never caught up with the backup"
+    assert publisher.flush(30) == 0
+    assert registry.get_sample_value("tickpipe_producer_spilling") == 0
+    republished = registry.get_sample_value("tickpipe_producer_republished_total") or 0
+    assert 0 < republished < total
+    messages = read_topic(kafka_bootstrap, fresh_topic, expected=total)
+    decoded = [decode_tick(m.value()) for m in messages]
+    assert len(decoded) == total
+    for symbol in symbols:
+        ids = [t.trade_id for t in decoded if t.symbol == symbol]
+        assert ids == list(range(symbols.index(symbol), total, 3)), symbol
+    backed_up = list(read_backup(tmp_path, AssetClass.STOCK, 0, TS + DAY))
+    assert sorted(t.tick_id for t in backed_up) == sorted(t.tick_id for t in decoded)

@@ -23,7 +23,7 @@ class Recorder:
         self.messages: list[Mapping[str, Any]] = []
         self.connects = 0
 
-    def on_message(self, msg: Mapping[str, Any]) -> None:
+    async def on_message(self, msg: Mapping[str, Any]) -> None:
         self.messages.append(msg)
 
     def on_connect(self) -> None:

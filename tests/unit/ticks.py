@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from tickpipe_common.schema import Tick
+from tickpipe_common.producer.csv_backup import CsvBackupWriter
+from tickpipe_common.producer.wire import csv_line
+from tickpipe_common.schema import Tick, encode_tick
 
 TS = 1_709_303_400_123_456_789
 
@@ -83,3 +86,10 @@ def orderbook(**overrides: Any) -> Tick:
     }
     fields.update(overrides)
     return Tick(**fields)
+
+
+def back_up(writer: CsvBackupWriter, *ticks: Tick) -> None:
+    """Append ticks to a backup the way the producer's sink does (one row each)."""
+    for tick in ticks:
+        doc = json.loads(encode_tick(tick))
+        writer.append(doc["ts"][:10], [csv_line(doc)])

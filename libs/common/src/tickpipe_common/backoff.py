@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 from dataclasses import dataclass, field
 
 
@@ -22,9 +24,21 @@ class Backoff:
     def __post_init__(self) -> None:
         if self.initial <= 0 or self.maximum < self.initial or self.factor < 1:
             raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
+        ratio = self.maximum / self.initial
+        if ratio <= 1:
+            self._attempts_to_cap = 0  # the first delay is already the cap
+        elif self.factor == 1:
+            self._attempts_to_cap = sys.maxsize  # never grows, never overflows
+        else:
+            self._attempts_to_cap = math.ceil(math.log(ratio, self.factor))
 
     def next_delay(self) -> float:
-        capped = min(self.maximum, self.initial * self.factor**self.attempts)
+        # Past the attempt that reaches the cap the delay stays there; never compute
+        # factor**attempts for large attempts (it overflows a float at attempt ~1,024).
+        if self.attempts >= self._attempts_to_cap:
+            capped = self.maximum
+        else:
+            capped = min(self.maximum, self.initial * self.factor**self.attempts)
         self.attempts += 1
         return random.uniform(capped / 2, capped)
 

@@ -37,7 +37,14 @@ def client_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     return conf
 
 
-def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+# The default bound of a producer's local queue: with librdkafka's per-message overhead about
+# twice this in memory, well inside the chart's 512 MiB limit (see KAFKA_QUEUE_MAX_MIB).
+DEFAULT_QUEUE_MAX_MIB = 64
+
+
+def producer_config(
+    settings: KafkaSettings, client_id: str, queue_max_mib: int = DEFAULT_QUEUE_MAX_MIB
+) -> dict[str, Any]:
     """An idempotent producer: no duplicates or reordering from its own retries."""
     conf = client_config(settings, client_id)
     conf.update(
@@ -49,11 +56,11 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
             "compression.type": "lz4",
             # A tick waits for the brokers as long as it takes (0 = no timeout): an outage of
             # any length then delivers everything, in order, once Kafka is back. What bounds
-            # the wait is the local queue: beyond it publish() fails fast and the tick is in
-            # the CSV backup only, for `replay` (counted as publish error "queue_full").
+            # the wait is the local queue, in bytes: beyond it produce() fails fast and the
+            # producer spills to its CSV backup, re-publishing from it later (see sink.py).
             "message.timeout.ms": 0,
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
+            "queue.buffering.max.messages": 10_000_000,
+            "queue.buffering.max.kbytes": queue_max_mib * 1024,
         }
     )
     return conf

@@ -97,10 +97,16 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-# Loggers whose repeated lines are rate-limited (see RepeatFilter): librdkafka's own, and the
-# services' reports of the Kafka clients' error callbacks (KAFKA_ERRORS_LOGGER).
+# Loggers whose repeated lines are rate-limited (see RepeatFilter): librdkafka's own, the
+# services' reports of the Kafka clients' error callbacks (KAFKA_ERRORS_LOGGER), and the
+# producer's that can fire once per tick or batch (malformed messages, backup write failures).
 KAFKA_ERRORS_LOGGER = "tickpipe.kafka"
-REPEATING_LOGGERS = ("librdkafka", KAFKA_ERRORS_LOGGER)
+REPEATING_LOGGERS = (
+    "librdkafka",
+    KAFKA_ERRORS_LOGGER,
+    "tickpipe_common.producer.sink",
+    "tickpipe_common.producer.csv_backup",
+)
 
 
 def configure_logging(

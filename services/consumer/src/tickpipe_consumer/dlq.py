@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from tickpipe_common.kafka_produce import produce_with_room
 from tickpipe_common.logging import get_logger
 from tickpipe_common.schema import TickRejected
 from tickpipe_consumer.metrics import ConsumerMetrics
@@ -118,23 +119,21 @@ class DlqPublisher:
             log.warning("dlq_delivery_failed", topic=self._topic, error=str(err))
             self._failed.append(letter)
 
-        for _attempt in range(100):
-            try:
-                self._producer.produce(
-                    self._topic,
-                    value=letter.value,
-                    key=letter.key,
-                    headers=letter.headers,
-                    on_delivery=delivered,
-                )
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room, then retry.
-                self._producer.poll(0.1)
-                continue
-            except KafkaException as exc:
-                log.warning("dlq_produce_failed", topic=self._topic, error=str(exc))
-                self._failed.append(letter)
-                return
-            self._in_flight += 1
+        try:
+            sent = produce_with_room(
+                self._producer,
+                self._topic,
+                letter.value,
+                letter.key,
+                letter.headers,
+                delivered,
+                attempts=100,
+                wait_seconds=0.1,
+            )
+        except KafkaException as exc:
+            log.warning("dlq_produce_failed", topic=self._topic, error=str(exc))
+            sent = False
+        if not sent:
+            self._failed.append(letter)
             return
-        self._failed.append(letter)
+        self._in_flight += 1

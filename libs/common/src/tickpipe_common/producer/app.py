@@ -1,4 +1,12 @@
-"""Runs a producer service: the stream, the tick pipeline, Kafka, the backup, health and metrics."""
+"""Runs a producer service as a small pipeline: receive → bounded hand-off → sink.
+
+- ``stream``: alpaca-py's WebSocket loop, supervised; its handler only appends the raw message
+  to the hand-off (``handoff``), so the loop does nothing but receive.
+- ``sink``: one thread that normalises, filters, writes the backup and serves Kafka, and
+  spills to the backup and re-publishes from it when the Kafka queue is full.
+- here: health, readiness and the orderly stop (stream first, then drain the hand-off, then
+  flush Kafka).
+"""
 
 from __future__ import annotations
 
@@ -11,65 +19,67 @@ from tickpipe_common.health import HealthServer
 from tickpipe_common.kafka_config import masked, producer_config
 from tickpipe_common.logging import get_logger
 from tickpipe_common.producer.csv_backup import CsvBackupWriter
+from tickpipe_common.producer.handoff import HandOff
 from tickpipe_common.producer.metrics import ProducerMetrics
-from tickpipe_common.producer.pipeline import TickPipeline
 from tickpipe_common.producer.price_filter import PriceChangeFilter
 from tickpipe_common.producer.publisher import KafkaPublisher
 from tickpipe_common.producer.settings import ProducerSettings
+from tickpipe_common.producer.sink import TickSink
 from tickpipe_common.producer.spec import ProducerSpec
 from tickpipe_common.producer.stream import StreamSupervisor
 
 log = get_logger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 10.0
+DRAIN_ON_STOP_SECONDS = 30.0
 
 
 class Readiness:
-    """Ready = connected to the stream, data not stale, and Kafka taking ticks."""
+    """Ready = connected to the stream, data not stale, Kafka taking ticks, backup writing."""
 
     def __init__(
         self,
         supervisor: StreamSupervisor,
-        pipeline: TickPipeline,
+        handoff: HandOff,
+        sink: TickSink,
         publisher: KafkaPublisher,
         stale_after: float,
         metrics: ProducerMetrics,
     ) -> None:
         self._supervisor = supervisor
-        self._pipeline = pipeline
+        self._handoff = handoff
+        self._sink = sink
         self._publisher = publisher
         self._stale_after = stale_after
         self._metrics = metrics
 
     def __call__(self) -> tuple[bool, dict[str, object]]:
-        silent_for = self._pipeline.seconds_since_last_message()
+        silent_for = self._handoff.seconds_since_last_message()
         fresh = silent_for < self._stale_after
         kafka_ok, kafka = self._publisher.healthy()
-        ready = self._supervisor.connected and fresh and kafka_ok
+        connected = self._supervisor.connected
+        backup_ok = self._sink.backup_ok
+        ready = connected and fresh and kafka_ok and backup_ok and self._sink.alive
         self._metrics.ready.set(1 if ready else 0)
-        self._metrics.ws_connected.set(1 if self._supervisor.connected else 0)
+        self._metrics.ws_connected.set(1 if connected else 0)
+        self._metrics.seconds_since_last_message.set(silent_for)
         return ready, {
-            "stream_connected": self._supervisor.connected,
+            "stream_connected": connected,
             "seconds_since_last_message": round(silent_for, 3),
             "kafka_ok": kafka_ok,
+            "backup_ok": backup_ok,
+            "spilling": self._sink.spill is not None,
+            "handoff_messages": self._handoff.depth,
             **kafka,
         }
 
 
-async def _poll_publisher(
-    publisher: KafkaPublisher,
-    readiness: Readiness,
-    pipeline: TickPipeline,
-    metrics: ProducerMetrics,
-    stop: asyncio.Event,
-) -> None:
-    """Serve Kafka callbacks and refresh gauges between stream messages."""
+async def _refresh_gauges(readiness: Readiness, stop: asyncio.Event) -> None:
+    """Keep readiness gauges current between scrapes (the alerts read them)."""
     while not stop.is_set():
-        publisher.poll(0)
-        metrics.seconds_since_last_message.set(pipeline.seconds_since_last_message())
         readiness()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.1)
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
 async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
@@ -79,7 +89,9 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         symbol_limit=settings.metrics_symbol_limit,
     )
     url = spec.stream_url(settings)
-    kafka_conf = producer_config(settings, client_id=spec.service)
+    kafka_conf = producer_config(
+        settings, client_id=spec.service, queue_max_mib=settings.kafka_queue_max_mib
+    )
     log.info(
         "producer_starting",
         stream_url=url,
@@ -91,10 +103,19 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         kafka=masked(kafka_conf),
         topic=settings.kafka_topic,
     )
-    publisher = KafkaPublisher(kafka_conf, settings.kafka_topic, spec.service, metrics)
-    backup = CsvBackupWriter(settings.backup_dir)
-    pipeline = TickPipeline(
+    asset_class = spec.asset_class.value
+    publisher = KafkaPublisher(kafka_conf, settings.kafka_topic, spec.service, asset_class, metrics)
+    backup = CsvBackupWriter(
+        settings.backup_dir,
         spec.asset_class,
+        retention_days=settings.backup_retention_days,
+        compress=settings.backup_compress,
+    )
+    backup.housekeeping()
+    handoff = HandOff(settings.handoff_max_messages, on_wait=metrics.handoff_waits.inc)
+    sink = TickSink(
+        handoff,
+        asset_class,
         settings.feed,
         PriceChangeFilter(every_tick=settings.publish_mode == "every_tick"),
         backup,
@@ -115,11 +136,13 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         make_stream=lambda: spec.make_stream(settings, url),
         symbols=settings.symbols,
         channels=settings.channels,
-        on_message=pipeline.handle,
+        on_message=handoff.handler,
         on_connect=on_connect,
         backoff=Backoff(settings.reconnect_initial_seconds, settings.reconnect_max_seconds),
     )
-    readiness = Readiness(supervisor, pipeline, publisher, settings.stale_after_seconds, metrics)
+    readiness = Readiness(
+        supervisor, handoff, sink, publisher, settings.stale_after_seconds, metrics
+    )
     health = HealthServer(settings.http_host, settings.http_port, readiness)
     health.start()
     log.info("health_server_listening", port=health.port)
@@ -131,12 +154,15 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
 
     # Not fatal: with Kafka down we still stream into the backup and report not-ready.
     await asyncio.to_thread(publisher.check_connection, 10.0)
-    poller = asyncio.create_task(_poll_publisher(publisher, readiness, pipeline, metrics, stop))
+    sink.start()
+    gauges = asyncio.create_task(_refresh_gauges(readiness, stop))
     try:
         await supervisor.run(stop)
     finally:
         stop.set()
-        await poller
+        await gauges
+        handoff.close()
+        drained = await asyncio.to_thread(sink.join, DRAIN_ON_STOP_SECONDS)
         undelivered = await asyncio.to_thread(publisher.flush, FLUSH_ON_STOP_SECONDS)
         backup.close()
         health.stop()
@@ -145,5 +171,7 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
             delivered=publisher.delivered,
             failed=publisher.failed,
             undelivered=undelivered,
+            drained=drained,
+            still_spilled=sink.spill is not None,
             backup_rows=backup.rows_written,
         )

@@ -1,114 +1,226 @@
-"""The local CSV backup of every published tick, rotated by UTC day and asset class.
+"""The local CSV backup of every published tick: the producer's safety net and spill buffer.
 
-Layout: ``<backup_dir>/<asset_class>/<YYYY-MM-DD>.csv`` (day of the exchange timestamp), one
-column per schema field. It is the producer's safety net: written before the tick is handed
-to Kafka, so a broker outage loses nothing, and ``replay`` re-publishes any time range of it.
+Layout: ``<backup_dir>/<asset_class>/<YYYY-MM-DD>.csv`` (UTC day of the exchange timestamp),
+one column per schema field (``wire.COLUMNS``). Finished days are gzipped
+(``<day>.csv.gz``, still read by ``replay``) and days older than ``BACKUP_RETENTION_DAYS`` are
+deleted.
+
+The sink writes each batch of rows with one ``os.write`` on an unbuffered descriptor, before
+the batch goes to Kafka: whatever Kafka was handed is with the operating system, so a SIGKILL
+of the producer loses none of it. A failed write (disk full) is cut back to the last whole row,
+so the file never holds a torn row, and the caller counts it and carries on publishing.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
-import json
+import os
+import shutil
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from tickpipe_common.logging import get_logger
+from tickpipe_common.producer.wire import COLUMNS, document_from_cells, header_line
 from tickpipe_common.schema import AssetClass, Tick
-from tickpipe_common.timestamps import NANOS_PER_SECOND, utc_date
+from tickpipe_common.timestamps import NANOS_PER_SECOND, parse_rfc3339_ns, utc_date
 
-COLUMNS: tuple[str, ...] = tuple(field.alias or name for name, field in Tick.model_fields.items())
-# Fields whose value is a list or object: stored as JSON text inside the CSV cell.
-_JSON_COLUMNS = frozenset({"conditions", "bids", "asks"})
+log = get_logger(__name__)
 
-
-def _cells(tick: Tick) -> list[str]:
-    data = tick.model_dump(mode="json", exclude_none=True)
-    row = []
-    for column in COLUMNS:
-        value = data.get(column)
-        if value is None:
-            row.append("")
-        elif column in _JSON_COLUMNS:
-            row.append(json.dumps(value, separators=(",", ":")))
-        else:
-            # repr of a float round-trips exactly; str() of one is its repr.
-            row.append(str(value).lower() if isinstance(value, bool) else str(value))
-    return row
-
-
-def tick_from_row(row: dict[str, str]) -> Tick:
-    data: dict[str, Any] = {}
-    for column, cell in row.items():
-        if cell == "" or column not in COLUMNS:
-            continue
-        data[column] = json.loads(cell) if column in _JSON_COLUMNS else cell
-    # Every other cell is text that pydantic's lax mode converts, except the literal version.
-    if "schema_version" in data:
-        data["schema_version"] = int(data["schema_version"])
-    return Tick.model_validate(data)
+DAY_NS = 86_400 * NANOS_PER_SECOND
 
 
 def backup_path(backup_dir: Path, asset_class: AssetClass, day: str) -> Path:
-    """Where the ticks of one asset class and UTC day live."""
+    """Where the ticks of one asset class and UTC day live (``.gz`` once the day is over)."""
     return backup_dir / asset_class.value / f"{day}.csv"
 
 
+def _day_of(path: Path) -> str:
+    return path.name.split(".", 1)[0]
+
+
 class CsvBackupWriter:
-    """Appends ticks; keeps one open file per asset class and moves on when the day changes."""
+    """Appends rows to the current day's file of one asset class."""
 
-    def __init__(self, backup_dir: Path) -> None:
+    def __init__(
+        self,
+        backup_dir: Path,
+        asset_class: AssetClass,
+        retention_days: int = 0,
+        compress: bool = True,
+    ) -> None:
+        self._folder = backup_dir / asset_class.value
         self._dir = backup_dir
-        self._open: dict[AssetClass, tuple[str, IO[str]]] = {}
+        self._asset_class = asset_class
+        self._retention_days = retention_days
+        self._compress = compress
+        self._day: str | None = None
+        self._fd = -1
+        self.path: Path | None = None
+        self.size = 0  # bytes of whole rows in the current file
         self.rows_written = 0
-        self.bytes_written = 0
+        self._housekeeper: threading.Thread | None = None
+        self._tidy_lock = threading.Lock()
+        self._tidy_wanted = False
+        self._tidy_running = False
+        # The file being re-published from (see sink.Spill): neither it nor any later day is
+        # gzipped while the re-publishing reads them.
+        self.keep_uncompressed: Path | None = None
 
-    def write(self, tick: Tick) -> int:
-        """Append one tick and flush it to the OS; returns the bytes written."""
-        day = utc_date(tick.ts_ns)
-        current = self._open.get(tick.asset_class)
-        if current is None or current[0] != day:
-            current = self._rotate(tick.asset_class, day)
-        handle = current[1]
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(_cells(tick))
-        line = buffer.getvalue()
-        handle.write(line)
-        # Flushed per tick: a crash of this process loses nothing already handed to the OS.
-        handle.flush()
-        self.rows_written += 1
-        self.bytes_written += len(line.encode())
-        return len(line.encode())
+    def append(self, day: str, rows: list[bytes]) -> int:
+        """Write rows of one day at once, handed to the OS; returns the offset of the first.
 
-    def _rotate(self, asset_class: AssetClass, day: str) -> tuple[str, IO[str]]:
-        old = self._open.pop(asset_class, None)
-        if old is not None:
-            old[1].close()
-        path = backup_path(self._dir, asset_class, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        is_new = not path.exists() or path.stat().st_size == 0
-        handle = path.open("a", encoding="utf-8", newline="")
-        if is_new:
-            csv.writer(handle, lineterminator="\n").writerow(COLUMNS)
-            handle.flush()
-        entry = (day, handle)
-        self._open[asset_class] = entry
-        return entry
+        Raises ``OSError`` (nothing of the batch is left in the file) when the write fails.
+        """
+        if day != self._day:
+            self._rotate(day)
+        data = b"".join(rows)
+        start = self.size
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write: the rest, or the error that stopped it
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            # Cut a partial row off so the file stays whole rows, and the next batch appends.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError as exc:  # pragma: no cover - cannot even truncate
+                log.error("backup_truncate_failed", error=str(exc), path=str(self.path))
+            raise
+        self.size += len(data)
+        self.rows_written += len(rows)
+        return start
+
+    def _rotate(self, day: str) -> None:
+        self.close()
+        self._folder.mkdir(parents=True, exist_ok=True)
+        path = self._folder / f"{day}.csv"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            header = header_line()
+            os.write(fd, header)
+            size = len(header)
+        self._fd, self._day, self.path, self.size = fd, day, path, size
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """Gzip finished days and delete expired ones, in the background (files can be big)."""
+        with self._tidy_lock:
+            self._tidy_wanted = True
+            if self._tidy_running:
+                return  # the running thread goes round once more
+            self._tidy_running = True
+            self._housekeeper = threading.Thread(
+                target=self._tidy_while_wanted, name="backup-housekeeping", daemon=True
+            )
+            self._housekeeper.start()
+
+    def _tidy_while_wanted(self) -> None:
+        while True:
+            with self._tidy_lock:
+                if not self._tidy_wanted:
+                    self._tidy_running = False
+                    return
+                self._tidy_wanted = False
+            self._tidy()
+
+    def _tidy(self) -> None:
+        today = self._day or utc_date(time.time_ns())
+        expired_before = (
+            utc_date(time.time_ns() - self._retention_days * DAY_NS)
+            if self._retention_days > 0
+            else ""
+        )
+        keep = self.keep_uncompressed
+        for path in sorted(self._folder.glob("*.csv*")):
+            day = _day_of(path)
+            try:
+                if day < expired_before:
+                    path.unlink()
+                    log.info("backup_expired", path=str(path))
+                elif (
+                    self._compress
+                    and path.suffix == ".csv"
+                    and day < today
+                    and (keep is None or path.name < keep.name)
+                ):
+                    _gzip(path)
+            except OSError as exc:
+                log.warning("backup_housekeeping_failed", path=str(path), error=str(exc))
 
     def close(self) -> None:
-        for _, handle in self._open.values():
-            handle.close()
-        self._open.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._day = -1, None
+
+
+def _gzip(path: Path) -> None:
+    target = path.with_suffix(".csv.gz")
+    partial = target.with_suffix(".gz.partial")
+    with path.open("rb") as src, gzip.open(partial, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    partial.rename(target)
+    path.unlink()
+    log.info("backup_compressed", path=str(target))
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
+def _day_files(backup_dir: Path, asset_class: AssetClass, days: Iterable[str]) -> Iterator[Path]:
+    for day in days:
+        plain = backup_path(backup_dir, asset_class, day)
+        packed = plain.with_suffix(".csv.gz")
+        # Both exist only if gzip was interrupted after writing: the plain file is complete.
+        if plain.exists():
+            yield plain
+        elif packed.exists():
+            yield packed
 
 
 def _days(since_ns: int, until_ns: int) -> list[str]:
     days = []
-    day_ns = 86_400 * NANOS_PER_SECOND
-    cursor = since_ns - since_ns % day_ns
+    cursor = since_ns - since_ns % DAY_NS
     while cursor < until_ns:
         days.append(utc_date(cursor))
-        cursor += day_ns
+        cursor += DAY_NS
     return days
+
+
+def read_rows(
+    backup_dir: Path,
+    asset_class: AssetClass,
+    since_ns: int,
+    until_ns: int,
+    symbols: Iterable[str] | None = None,
+) -> Iterator[list[str]]:
+    """Rows (cells in ``COLUMNS`` order) with ``since_ns <= ts < until_ns``, in file order;
+    skips a torn last line."""
+    wanted = frozenset(symbols) if symbols else None
+    symbol_at, ts_at = COLUMNS.index("symbol"), COLUMNS.index("ts")
+    for path in _day_files(backup_dir, asset_class, _days(since_ns, until_ns)):
+        with _open_text(path) as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                continue
+            if tuple(header) != COLUMNS:
+                raise ValueError(f"{path}: unexpected columns {header[:5]}…")
+            for row in reader:
+                if len(row) != len(COLUMNS):
+                    continue  # a line cut short by a crash mid-write
+                if wanted is not None and row[symbol_at] not in wanted:
+                    continue
+                if since_ns <= parse_rfc3339_ns(row[ts_at]) < until_ns:
+                    yield row
 
 
 def read_backup(
@@ -118,16 +230,6 @@ def read_backup(
     until_ns: int,
     symbols: Iterable[str] | None = None,
 ) -> Iterator[Tick]:
-    """Ticks with ``since_ns <= ts < until_ns`` in file order; skips a torn last line."""
-    wanted = frozenset(symbols) if symbols else None
-    for day in _days(since_ns, until_ns):
-        path = backup_path(backup_dir, asset_class, day)
-        if not path.exists():
-            continue
-        with path.open(encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                if None in row.values() or None in row:
-                    continue  # a line cut short by a crash mid-write
-                tick = tick_from_row(row)
-                if since_ns <= tick.ts_ns < until_ns and (wanted is None or tick.symbol in wanted):
-                    yield tick
+    """``read_rows`` as validated ticks (for people and tests; ``replay`` uses the rows)."""
+    for row in read_rows(backup_dir, asset_class, since_ns, until_ns, symbols):
+        yield Tick.model_validate(document_from_cells(row))

@@ -35,10 +35,6 @@ class SymbolLabels:
             return symbol
         return OTHER_SYMBOLS
 
-    @property
-    def tracked(self) -> frozenset[str]:
-        return frozenset(self._own)
-
 
 class ProducerMetrics:
     def __init__(
@@ -127,6 +123,41 @@ class ProducerMetrics:
             "Ticks the CSV backup could not write (disk full, permissions).",
             registry=registry,
         )
+        self.backup_ok = Gauge(
+            "tickpipe_producer_backup_ok",
+            "1 while the CSV backup takes every row; 0 after a failed write (disk full) until "
+            "a write succeeds again. Publishing goes on either way.",
+            registry=registry,
+        )
+        self.backup_ok.set(1)
+        self.spilling = Gauge(
+            "tickpipe_producer_spilling",
+            "1 while the Kafka queue was full and ticks go to the backup only, to be "
+            "re-published from it as Kafka takes them again.",
+            registry=registry,
+        )
+        self.republished = Counter(
+            "tickpipe_producer_republished_total",
+            "Ticks re-published from the backup after the Kafka queue had been full.",
+            registry=registry,
+        )
+        self.handling_errors = Counter(
+            "tickpipe_producer_message_errors_total",
+            "Stream messages whose handling raised an unexpected error (logged, skipped; "
+            "the rest of the frame is handled).",
+            registry=registry,
+        )
+        self.handoff_depth = Gauge(
+            "tickpipe_producer_handoff_messages",
+            "Messages received from the WebSocket and not yet taken by the sink thread.",
+            registry=registry,
+        )
+        self.handoff_waits = Counter(
+            "tickpipe_producer_handoff_waits_total",
+            "Times the WebSocket loop waited because the hand-off to the sink was full "
+            "(HANDOFF_MAX_MESSAGES): the sink is not keeping up.",
+            registry=registry,
+        )
         ready_help = "1 when the stream is live and Kafka takes ticks, else 0."
         self.ready: ReadyGauge | Gauge
         if component is not None:
@@ -135,6 +166,7 @@ class ProducerMetrics:
         else:
             self.ready = Gauge("tickpipe_producer_ready", ready_help, registry=registry)
 
+        self.tracks_symbols = per_symbol
         self._symbols: SymbolLabels | None = None
         self._last_ts: dict[str, float] = {}
         if per_symbol:
@@ -154,12 +186,8 @@ class ProducerMetrics:
                 registry=registry,
             )
 
-    @property
-    def per_symbol(self) -> bool:
-        return self._symbols is not None
-
-    def tick_received(self, kind: str, asset_class: str, symbol: str, ts_ns: int) -> None:
-        self.received.labels(kind, asset_class).inc()
+    def symbol_tick(self, symbol: str, ts_ns: int) -> None:
+        """Per-symbol series of one received tick (only with ``per_symbol``)."""
         if self._symbols is None:
             return
         label = self._symbols(symbol)

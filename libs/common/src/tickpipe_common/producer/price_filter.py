@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from tickpipe_common.schema import Tick, TickKind
-
 
 class PriceChangeFilter:
     """Remembers the last published price signature of each (symbol, kind)."""
 
     def __init__(self, every_tick: bool = False) -> None:
         self._every_tick = every_tick
-        self._last: dict[tuple[str, TickKind], tuple[float | None, ...]] = {}
+        self._last: dict[tuple[str, str], tuple[float, ...]] = {}
 
-    def should_publish(self, tick: Tick) -> bool:
-        if self._every_tick:
+    def should_publish(self, symbol: str, kind: str, signature: tuple[float, ...] | None) -> bool:
+        """``signature`` is what "the price" is for the kind (``wire.price_signature``);
+        ``None`` (order books) always publishes."""
+        if self._every_tick or signature is None:
             return True
-        signature = tick.price_signature()
-        if signature is None:
-            return True
-        key = (tick.symbol, tick.kind)
+        key = (symbol, kind)
         if self._last.get(key) == signature:
             return False
         self._last[key] = signature

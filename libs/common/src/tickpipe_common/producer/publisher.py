@@ -1,4 +1,11 @@
-"""Publishes ticks to Kafka with an idempotent producer and tracks whether Kafka is taking them."""
+"""Hands encoded ticks to an idempotent Kafka producer and tracks whether Kafka takes them.
+
+Only the sink thread produces and polls (never the event loop). Nothing is kept per queued
+tick on the Python side: every message of a kind shares one delivery callback object, and
+after a client replacement the purged messages are re-queued from the delivery report's own
+key, value and headers. The client's queue is bounded in bytes (``KAFKA_QUEUE_MAX_MIB``):
+``produce`` answers False when it is full and the caller keeps the tick in the backup.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from tickpipe_common.backoff import Backoff
+from tickpipe_common.kafka_produce import produce_with_room
 from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, get_logger
 from tickpipe_common.producer.metrics import ProducerMetrics
-from tickpipe_common.schema import Tick, encode_tick, kafka_headers
+from tickpipe_common.schema import kafka_headers
 
 log = get_logger(__name__)
 kafka_errors = get_logger(KAFKA_ERRORS_LOGGER)  # rate-limited: the client repeats its errors
@@ -35,99 +43,115 @@ _ACCESS_DENIED = frozenset(
 )
 
 
+class _Delivery:
+    """The delivery callback of every message of one kind (no closure per tick)."""
+
+    __slots__ = ("_counter", "_publisher")
+
+    def __init__(self, publisher: KafkaPublisher, kind: str) -> None:
+        self._publisher = publisher
+        self._counter = publisher.metrics.published.labels(kind, publisher.asset_class)
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        publisher = self._publisher
+        if err is None:
+            publisher.delivered += 1
+            publisher.last_ack = time.monotonic()
+            publisher.brokers_down = False
+            if publisher.denied is not None:
+                publisher.access_restored()
+            self._counter.inc()
+            # librdkafka's own produce()→ack time, not delayed by when we serve callbacks.
+            latency = msg.latency()
+            if latency is not None:
+                publisher.metrics.delivery_latency.observe(latency)
+            return
+        publisher.on_failed(err, msg, self)
+
+
 class KafkaPublisher:
     def __init__(
         self,
         conf: dict[str, Any],
         topic: str,
         service: str,
+        asset_class: str,
         metrics: ProducerMetrics,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        *,
+        wait_for_room: bool = False,
     ) -> None:
+        """``wait_for_room``: ``produce`` waits until the queue takes the message (replay);
+        otherwise it answers False at once when the queue is full (the live sink spills)."""
         self._conf = {**conf, "error_cb": self._on_error}
         self._topic = topic
         self._headers = kafka_headers(service)
-        self._metrics = metrics
+        self.asset_class = asset_class
+        self.metrics = metrics
         self._factory = producer_factory
         self._producer = producer_factory(self._conf)
+        self._callbacks: dict[str, _Delivery] = {}
+        self._attempts: int | None = None if wait_for_room else 2
+        self._wait_seconds = 0.5 if wait_for_room else 0.0
         self._fatal: KafkaError | None = None
         # A fatal error that a new client meets again (a missing ACL): replace it with backoff.
         self._replace_backoff = Backoff(1.0, 60.0)
         self._replace_at = 0.0
-        self._denied: str | None = None
-        self._brokers_down = False
-        self._last_ack = time.monotonic()
+        self.denied: str | None = None
+        self.brokers_down = False
+        self.last_ack = time.monotonic()
         self.delivered = 0
         self.failed = 0
         self.requeued = 0
 
-    def publish(self, tick: Tick, count_drop: bool = True) -> bool:
-        """Hand one tick to the Kafka client; False if its local queue is full.
+    def produce(self, key: bytes, value: bytes, kind: str) -> bool:
+        """Queue one message; False if the local queue is full (nothing was queued)."""
+        callback = self._callbacks.get(kind)
+        if callback is None:
+            callback = self._callbacks[kind] = _Delivery(self, kind)
+        return self._produce(key, value, self._headers, callback)
 
-        A caller that will retry (replay) passes ``count_drop=False``; the live path does not
-        retry, since the tick is already in the CSV backup and the stream does not wait.
-        """
-        kind, asset_class = tick.kind.value, tick.asset_class.value
-
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                self.delivered += 1
-                self._last_ack = time.monotonic()
-                self._brokers_down = False
-                self._denied = None
-                self._replace_backoff.reset()
-                self._metrics.published.labels(kind, asset_class).inc()
-                # librdkafka's own produce()→ack time, not delayed by when we serve callbacks.
-                latency = msg.latency()
-                if latency is not None:
-                    self._metrics.delivery_latency.observe(latency)
-                return
-            if err.code() in _PURGED:
-                # The client holding it was replaced (see _replace_producer): hand the tick to
-                # the new one. A purged in-flight message may already be stored; the consumer
-                # recognises the copy by its identity.
-                self.requeued += 1
-                self.publish(tick, count_drop)
-                return
-            self.failed += 1
-            self._metrics.publish_errors.labels(err.name()).inc()
-            self._note_denied(err)
-            if err.fatal():
-                self._fatal = err
-
-        value = encode_tick(tick)
+    def _produce(self, key: Any, value: Any, headers: Any, callback: _Delivery) -> bool:
         for attempt in range(2):
             try:
-                self._producer.produce(
+                return produce_with_room(
+                    self._producer,
                     self._topic,
-                    key=tick.symbol.encode(),
-                    value=value,
-                    headers=self._headers,
-                    on_delivery=on_delivery,
+                    value,
+                    key,
+                    headers,
+                    callback,
+                    attempts=self._attempts,
+                    wait_seconds=self._wait_seconds,
                 )
-                break
             except KafkaException as exc:
                 # After a fatal error (e.g. the idempotence state is lost) the client refuses
                 # every message: replace it now and try once more.
-                if attempt == 0 and exc.args and exc.args[0].fatal():
-                    self._fatal = exc.args[0]
-                    if self._replace_if_due():
-                        continue
-                    # Replaced moments ago and refused again: the tick is in the backup only.
-                    self.failed += 1
-                    self._metrics.publish_errors.labels(exc.args[0].name()).inc()
+                if attempt == 1 or not (exc.args and exc.args[0].fatal()):
+                    raise
+                self._fatal = exc.args[0]
+                if not self._replace_if_due():
+                    # Replaced moments ago and refused again: the caller keeps the tick in
+                    # the backup (the sink spills, and re-publishes once a client works).
                     return False
-                raise
-            except BufferError:
-                if attempt == 0:
-                    self._producer.poll(0.05)  # serve callbacks to make room, then try once more
-                    continue
-                if count_drop:
-                    self.failed += 1
-                    self._metrics.publish_errors.labels("queue_full").inc()
-                return False
-        self._producer.poll(0)
-        return True
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def on_failed(self, err: KafkaError, msg: Message, callback: _Delivery) -> None:
+        if err.code() in _PURGED:
+            # The client holding it was replaced (see _replace_producer): hand the message to
+            # the new one. A purged in-flight message may already be stored; the consumer
+            # recognises the copy by its identity.
+            self.requeued += 1
+            if self._produce(msg.key(), msg.value(), msg.headers(), callback):
+                return
+            err_name = "queue_full"  # still in the backup, for `replay`
+        else:
+            err_name = err.name()
+            self._note_denied(err)
+            if err.fatal():
+                self._fatal = err
+        self.failed += 1
+        self.metrics.publish_errors.labels(err_name).inc()
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks; replace the producer after a fatal (idempotence) error."""
@@ -139,7 +163,7 @@ class KafkaPublisher:
                 raise
             self._note_denied(error)
             self._fatal = error
-        self._metrics.queue_depth.set(len(self._producer))
+        self.metrics.queue_depth.set(len(self._producer))
         self._replace_if_due()
 
     def _replace_if_due(self) -> bool:
@@ -154,7 +178,7 @@ class KafkaPublisher:
     def _note_denied(self, err: KafkaError) -> None:
         if err.code() not in _ACCESS_DENIED:
             return
-        if self._denied is None:
+        if self.denied is None:
             log.error(
                 "kafka_access_denied",
                 code=err.name(),
@@ -162,13 +186,18 @@ class KafkaPublisher:
                 fix="check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, and that the user may "
                 "Write and Describe the topic",
             )
-        self._denied = f"{err.name()}: {err.str()}"
+        self.denied = f"{err.name()}: {err.str()}"
+
+    def access_restored(self) -> None:
+        """A tick was delivered: whatever refused this client earlier no longer does."""
+        self.denied = None
+        self._replace_backoff.reset()
 
     def _replace_producer(self) -> None:
         """Swap in a new client without losing what the old one still held.
 
         Purging the old client fires each pending message's delivery callback with a purge
-        error, and that callback re-publishes the tick through the new client (in order).
+        error, and that callback re-queues the message on the new client (in order).
         """
         old, pending = self._producer, len(self._producer)
         log.error(
@@ -182,10 +211,13 @@ class KafkaPublisher:
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
 
+    def pending(self) -> int:
+        return len(self._producer)
+
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
         remaining = int(self._producer.flush(timeout))
-        self._metrics.queue_depth.set(remaining)
+        self.metrics.queue_depth.set(remaining)
         return remaining
 
     def check_connection(self, timeout: float) -> bool:
@@ -193,27 +225,27 @@ class KafkaPublisher:
             self._producer.list_topics(self._topic, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
             log.warning("kafka_unreachable", error=str(exc))
-            self._brokers_down = True
+            self.brokers_down = True
             return False
-        self._brokers_down = False
-        self._last_ack = time.monotonic()
+        self.brokers_down = False
+        self.last_ack = time.monotonic()
         return True
 
     def healthy(self) -> tuple[bool, dict[str, object]]:
         pending = len(self._producer)
-        stalled = pending > 0 and time.monotonic() - self._last_ack > STALLED_AFTER_SECONDS
-        ok = not self._brokers_down and not stalled and self._denied is None
+        stalled = pending > 0 and time.monotonic() - self.last_ack > STALLED_AFTER_SECONDS
+        ok = not self.brokers_down and not stalled and self.denied is None
         details: dict[str, object] = {
             "kafka_pending": pending,
-            "kafka_brokers_down": self._brokers_down,
+            "kafka_brokers_down": self.brokers_down,
         }
-        if self._denied is not None:
-            details["kafka_error"] = self._denied
+        if self.denied is not None:
+            details["kafka_error"] = self.denied
         return ok, details
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._brokers_down = True
+            self.brokers_down = True
         if err.fatal():
             self._fatal = err  # replaced at the next poll()
         self._note_denied(err)

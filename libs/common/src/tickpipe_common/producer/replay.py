@@ -10,13 +10,16 @@ from prometheus_client import CollectorRegistry
 
 from tickpipe_common.kafka_config import producer_config
 from tickpipe_common.logging import get_logger
-from tickpipe_common.producer.csv_backup import read_backup
+from tickpipe_common.producer.csv_backup import read_rows
 from tickpipe_common.producer.metrics import ProducerMetrics
 from tickpipe_common.producer.publisher import KafkaPublisher
 from tickpipe_common.producer.settings import ProducerSettings
+from tickpipe_common.producer.wire import COLUMNS, document_from_cells, encode_value
 from tickpipe_common.schema import AssetClass
 
 log = get_logger(__name__)
+
+_SYMBOL_AT, _KIND_AT = COLUMNS.index("symbol"), COLUMNS.index("kind")
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,19 @@ def replay_backup(
         producer_config(settings, client_id=f"{service}-replay"),
         settings.kafka_topic,
         service,
+        asset_class.value,
         metrics,
+        wait_for_room=True,
     )
     read = 0
-    for tick in read_backup(
+    for row in read_rows(
         backup_dir or settings.backup_dir, asset_class, since_ns, until_ns, symbols
     ):
         read += 1
-        while not publisher.publish(tick, count_drop=False):
-            publisher.poll(0.5)  # the local queue is full: wait for the broker to catch up
+        value = encode_value(document_from_cells(row))
+        publisher.produce(row[_SYMBOL_AT].encode(), value, row[_KIND_AT])
         if read % 10_000 == 0:
+            publisher.poll(0)
             log.info("replay_progress", read=read, delivered=publisher.delivered)
     undelivered = publisher.flush(flush_timeout)
     result = ReplayResult(

@@ -44,6 +44,26 @@ class ProducerSettings(CommonSettings, KafkaSettings):
     backup_dir: Path = Field(
         Path("backup"), description="Folder of the CSV backup (rotated by day and asset class)."
     )
+    backup_retention_days: int = Field(
+        0,
+        ge=0,
+        description="Delete backup days older than this many days; 0 keeps every day.",
+    )
+    backup_compress: bool = Field(
+        True, description="Gzip each finished backup day (<day>.csv.gz, still read by replay)."
+    )
+    kafka_queue_max_mib: int = Field(
+        64,
+        ge=1,
+        le=2047,
+        description="Bound of the Kafka client's local queue, in MiB of messages. Beyond it "
+        "ticks are in the backup only and re-published from it when Kafka takes them again.",
+    )
+    handoff_max_messages: int = Field(
+        50_000,
+        ge=100,
+        description="Messages the WebSocket loop may hand to the sink thread before it waits.",
+    )
     stale_after_seconds: float = Field(
         30.0, gt=0, description="No market data for this long: reconnect and report not ready."
     )

@@ -2,9 +2,16 @@
 
 alpaca-py (0.44) reconnects by itself with capped, jittered backoff and, given
 ``data_timeout``, drops a connection that has gone quiet. We configure both from our settings
-and add what it lacks: connect counting for metrics, an outer restart with our own backoff for
-when its loop gives up (it returns on "insufficient subscription" and may raise), and a fast,
-clean stop for SIGTERM.
+and add what it lacks: connect counting for metrics, a ``connected`` flag that turns false as
+soon as alpaca-py starts closing a connection (not only when its whole loop ends), an outer
+restart with our own backoff for when its loop gives up (it returns on "insufficient
+subscription" and may raise), and a fast, clean stop for SIGTERM.
+
+Closing a mute socket must not block the reconnect: the websockets library waits
+``close_timeout`` for the peer's close frame and again for the TCP close (10 s each by
+default, which made a silent stream reconnect 31 s late), so we set it to one second.
+
+The message handler is the hand-off's (``handoff.HandOff.handler``): it only appends.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from tickpipe_common.producer.settings import ProducerSettings
 
 log = get_logger(__name__)
 
-MessageHandler = Callable[[Mapping[str, Any]], None]
+MessageHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
 # Builds a fresh alpaca-py DataStream (StockDataStream or CryptoDataStream), raw_data=True.
 StreamFactory = Callable[[], Any]
+
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 # Our channel names → alpaca-py's subscribe method suffixes.
 SUBSCRIBE_METHODS = {
@@ -55,12 +64,8 @@ class StreamSupervisor:
 
     def _build(self) -> Any:
         stream = self._make_stream()
-
-        async def handler(msg: Mapping[str, Any]) -> None:
-            self._on_message(msg)
-
         for channel in self._channels:
-            getattr(stream, SUBSCRIBE_METHODS[channel])(handler, *self._symbols)
+            getattr(stream, SUBSCRIBE_METHODS[channel])(self._on_message, *self._symbols)
 
         # alpaca-py has no connect callback; wrap this instance's connect+auth step so each
         # successful (re)connect is seen. Instance attributes shadow the class's method.
@@ -73,7 +78,14 @@ class StreamSupervisor:
             self._backoff.reset()
             self._on_connect()
 
+        close: Callable[[], Awaitable[None]] = stream.close
+
+        async def close_and_report() -> None:
+            self.connected = False  # a stale or failed connection is gone from this moment
+            await close()
+
         stream._start_ws = start_ws_and_report
+        stream.close = close_and_report
         return stream
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,6 +136,13 @@ def build_alpaca_stream(stream_class: Any, settings: ProducerSettings, url: str)
         raw_data=True,
         url_override=url,
         data_timeout=settings.stale_after_seconds,
+        # alpaca-py's defaults, plus a short close_timeout (see the module docstring).
+        websocket_params={
+            "ping_interval": 10,
+            "ping_timeout": 180,
+            "max_queue": 1024,
+            "close_timeout": CLOSE_TIMEOUT_SECONDS,
+        },
     )
     # alpaca-py's reconnect backoff bounds; 0.44 has no public setter for them.
     stream._reconnect_min_backoff = settings.reconnect_initial_seconds

@@ -1,0 +1,299 @@
+"""The sink thread: hand-off batches → normalise → filter → CSV backup → Kafka.
+
+Everything that costs per tick runs here, on one thread of its own, never on the event loop
+that reads the WebSocket (see ``handoff``). For each batch taken from the hand-off:
+
+1. every message is normalised to its wire document (``wire``, no pydantic) and filtered;
+   a message that fails is counted and logged (rate-limited) and the next one is handled;
+2. the batch's rows go to the backup in one write, handed to the OS, *before* Kafka sees any
+   of them: a SIGKILL after ``produce`` loses nothing;
+3. the batch is produced to Kafka, whose client queue is bounded in bytes.
+
+When the Kafka queue is full (a long outage), the sink *spills*: from the first tick that did
+not fit, ticks go to the backup only, and a cursor remembers where in the backup that was.
+While spilling, each round re-publishes from the cursor, in backup (= arrival) order, as much
+as the queue takes; when the cursor reaches the end of what was written, the sink is live
+again. So per symbol Kafka sees every tick in order, the producer needs no manual ``replay``
+after an outage, and memory stays bounded by the queue however long Kafka is away.
+
+A failing backup (disk full) never stops publishing: the rows are counted as backup errors,
+the state is reported (``tickpipe_producer_backup_ok`` and ``/readyz``), and each batch tries
+again, so the producer recovers by itself when space returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+from tickpipe_common.logging import get_logger
+from tickpipe_common.producer.csv_backup import CsvBackupWriter
+from tickpipe_common.producer.handoff import Batch, HandOff
+from tickpipe_common.producer.metrics import ProducerMetrics
+from tickpipe_common.producer.price_filter import PriceChangeFilter
+from tickpipe_common.producer.publisher import KafkaPublisher
+from tickpipe_common.producer.wire import (
+    COLUMNS,
+    MalformedMessage,
+    csv_line,
+    document_from_cells,
+    encode_value,
+    normalise,
+    price_signature,
+)
+from tickpipe_common.timestamps import parse_rfc3339_ns
+
+log = get_logger(__name__)
+
+# At most this many backup rows re-published per round, so live batches are not starved.
+REPUBLISH_PER_ROUND = 20_000
+_SYMBOL_AT, _KIND_AT = COLUMNS.index("symbol"), COLUMNS.index("kind")
+
+
+class Spill:
+    """Where in the backup the ticks that Kafka has not been given yet begin."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = path
+        self.offset = offset
+        self.rows = 0
+
+
+class TickSink:
+    def __init__(
+        self,
+        handoff: HandOff,
+        asset_class: str,
+        feed: str,
+        price_filter: PriceChangeFilter,
+        backup: CsvBackupWriter,
+        publisher: KafkaPublisher,
+        metrics: ProducerMetrics,
+        idle_poll_seconds: float = 0.05,
+    ) -> None:
+        self._handoff = handoff
+        self._asset_class = asset_class
+        self._feed = feed
+        self._filter = price_filter
+        self._backup = backup
+        self._publisher = publisher
+        self._metrics = metrics
+        self._idle = idle_poll_seconds
+        self._received = {
+            kind: metrics.received.labels(kind, asset_class)
+            for kind in ("trade", "quote", "bar", "updated_bar", "daily_bar", "orderbook")
+        }
+        self.spill: Spill | None = None
+        self.backup_ok = True
+        self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tick-sink", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the hand-off is closed and drained; False if the thread is still busy."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batches = self._handoff.take(self._idle)
+                if batches is None:
+                    break
+                if batches:
+                    self.handle(batches)
+                self.service()
+        except BaseException as exc:  # pragma: no cover - reported by /healthz and logs
+            self.failure = exc
+            log.exception("sink_failed", error=str(exc))
+            raise
+
+    def service(self) -> None:
+        """Between batches: Kafka callbacks, re-publishing a spill, gauges."""
+        self._publisher.poll(0)
+        if self.spill is not None:
+            self.republish()
+        self._metrics.handoff_depth.set(self._handoff.depth)
+
+    # --- one round of batches ---------------------------------------------------------------
+
+    def handle(self, batches: list[Batch]) -> None:
+        rows: list[bytes] = []
+        days: list[str] = []
+        out: list[tuple[bytes, bytes, str]] = []
+        asset_class, feed = self._asset_class, self._feed
+        received, should_publish = self._received, self._filter.should_publish
+        filtered = self._metrics.filtered
+        track = self._metrics.symbol_tick if self._metrics.tracks_symbols else None
+        for received_ns, messages in batches:
+            for msg in messages:
+                try:
+                    doc = normalise(msg, asset_class, feed, received_ns)
+                    kind = doc["kind"]
+                    received[kind].inc()
+                    symbol = doc["symbol"]
+                    if track is not None:
+                        track(symbol, parse_rfc3339_ns(doc["ts"]))
+                    if not should_publish(symbol, kind, price_signature(doc)):
+                        filtered.labels(kind, asset_class).inc()
+                        continue
+                    value = encode_value(doc)
+                    row = csv_line(doc)
+                except MalformedMessage as exc:
+                    self._metrics.malformed.inc()
+                    log.warning("malformed_stream_message", reason=str(exc), type=str(_type(msg)))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad message never ends the stream
+                    self._metrics.handling_errors.inc()
+                    log.error("message_handling_failed", error=repr(exc)[:300])
+                    continue
+                rows.append(row)
+                days.append(doc["ts"][:10])
+                out.append((symbol.encode(), value, kind))
+        if not out:
+            return
+        positions = self._write_backup(days, rows)
+        self._publish(out, positions)
+
+    def _write_backup(self, days: list[str], rows: list[bytes]) -> list[tuple[Path, int]] | None:
+        """Write the rows (grouped by day, nearly always one group); the backup position of
+        each row, or ``None`` if the backup could not take them."""
+        positions: list[tuple[Path, int]] = []
+        try:
+            start = 0
+            while start < len(rows):
+                day = days[start]
+                end = start + 1
+                while end < len(rows) and days[end] == day:
+                    end += 1
+                offset = self._backup.append(day, rows[start:end])
+                path = self._backup.path
+                assert path is not None
+                for row in rows[start:end]:
+                    positions.append((path, offset))
+                    offset += len(row)
+                start = end
+        except OSError as exc:
+            self._metrics.backup_errors.inc(len(rows) - len(positions))
+            if self.backup_ok:
+                self.backup_ok = False
+                self._metrics.backup_ok.set(0)
+            log.error("backup_write_failed", error=str(exc), rows=len(rows) - len(positions))
+            return None
+        self._metrics.backup_rows.inc(len(rows))
+        self._metrics.backup_bytes.inc(sum(len(r) for r in rows))
+        if not self.backup_ok:
+            self.backup_ok = True
+            self._metrics.backup_ok.set(1)
+            log.info("backup_writing_again")
+        return positions
+
+    def _publish(
+        self, out: list[tuple[bytes, bytes, str]], positions: list[tuple[Path, int]] | None
+    ) -> None:
+        if self.spill is not None and positions is not None:
+            return  # behind a spill: the rows wait their turn in the backup
+        produce = self._publisher.produce
+        for i, (key, value, kind) in enumerate(out):
+            if produce(key, value, kind):
+                continue
+            if positions is None:
+                # Neither Kafka nor the backup could take these: lost, and counted as such.
+                self._metrics.publish_errors.labels("queue_full").inc(len(out) - i)
+                return
+            path, offset = positions[i]
+            self._start_spill(path, offset)
+            return
+
+    # --- spilling -----------------------------------------------------------------------------
+
+    def _start_spill(self, path: Path, offset: int) -> None:
+        self.spill = Spill(path, offset)
+        self._backup.keep_uncompressed = path
+        self._metrics.spilling.set(1)
+        log.warning(
+            "kafka_queue_full",
+            action="backup only; re-publishing from the backup once Kafka takes ticks again",
+            backup=str(path),
+            offset=offset,
+            kafka_pending=self._publisher.pending(),
+        )
+
+    def republish(self) -> None:
+        """Re-publish from the spill cursor until the queue is full again, the round's budget
+        is spent, or the cursor has caught up with the backup (then the sink is live again)."""
+        spill = self.spill
+        assert spill is not None
+        produce = self._publisher.produce
+        done = 0
+        while done < REPUBLISH_PER_ROUND:
+            lines = _read_lines(spill.path, spill.offset, REPUBLISH_PER_ROUND - done)
+            if not lines:
+                if spill.path == self._backup.path:
+                    self._end_spill()
+                    return
+                following = _next_day_file(spill.path)
+                if following is None:  # the writer has not opened a later day: wait for it
+                    return
+                spill.path, spill.offset = following, len(_first_line(following))
+                self._backup.keep_uncompressed = spill.path
+                continue
+            for line in lines:
+                cells = next(csv.reader(io.StringIO(line.decode())))
+                doc = document_from_cells(cells)
+                if not produce(cells[_SYMBOL_AT].encode(), encode_value(doc), cells[_KIND_AT]):
+                    return
+                spill.offset += len(line)
+                spill.rows += 1
+                done += 1
+                self._metrics.republished.inc()
+
+    def _end_spill(self) -> None:
+        spill = self.spill
+        assert spill is not None
+        log.info("kafka_caught_up", republished=spill.rows)
+        self.spill = None
+        self._backup.keep_uncompressed = None
+        self._metrics.spilling.set(0)
+
+
+def _type(msg: Any) -> object:
+    return msg.get("T") if hasattr(msg, "get") else type(msg).__name__
+
+
+def _read_lines(path: Path, offset: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` whole lines from ``offset``."""
+    lines: list[bytes] = []
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            lines.append(line)
+            if len(lines) >= limit:
+                break
+    return lines
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.readline()
+
+
+def _next_day_file(path: Path) -> Path | None:
+    later = sorted(p for p in path.parent.glob("*.csv") if p.name > path.name)
+    return later[0] if later else None

@@ -1,0 +1,303 @@
+"""Alpaca stream messages (raw dicts) → schema-version-1 tick values, without pydantic.
+
+This is the producer's hot path, so it builds the wire document directly: a plain dict in the
+field order and form of ``schema.encode_tick`` (``Tick.model_dump_json(exclude_none=True)``),
+checked against the same rules as the ``Tick`` model (required fields per kind, finite
+non-negative prices and sizes, positive timestamps, symbol and feed lengths). The unit tests
+compare its output with the schema's own encoder for every kind, so the consumer decodes both
+identically; the schema stays the one definition of the format.
+
+The same document gives the CSV backup row (``csv_line``) and, read back, the Kafka value
+again (``value_from_cells``), so re-publishing from the backup needs no model either.
+
+alpaca-py's parsed models hold timestamps as ``datetime``, which drops the nanoseconds, so the
+producers subscribe with ``raw_data=True``: with msgpack (what alpaca-py negotiates) ``t`` is a
+``msgpack.Timestamp`` holding every nanosecond.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import msgpack
+
+from tickpipe_common.schema import SCHEMA_VERSION, Tick
+from tickpipe_common.timestamps import NANOS_PER_SECOND, parse_rfc3339_ns
+
+# Wire type letter → tick kind.
+KIND_BY_TYPE = {
+    "t": "trade",
+    "q": "quote",
+    "b": "bar",
+    "u": "updated_bar",
+    "d": "daily_bar",
+    "o": "orderbook",
+}
+_BAR_KINDS = frozenset({"bar", "updated_bar", "daily_bar"})
+
+# The backup's columns: every schema field, by its wire name, in the schema's order.
+COLUMNS: tuple[str, ...] = tuple(field.alias or name for name, field in Tick.model_fields.items())
+_JSON_COLUMNS = frozenset({"conditions", "bids", "asks"})
+_FLOAT_COLUMNS = frozenset(
+    {
+        "price",
+        "size",
+        "bid_price",
+        "bid_size",
+        "ask_price",
+        "ask_size",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+    }
+)
+_INT_COLUMNS = frozenset({"schema_version", "trade_id", "trade_count"})
+
+
+class MalformedMessage(ValueError):
+    """A stream message we cannot turn into a tick; counted and logged, never fatal."""
+
+
+def epoch_ns(value: Any) -> int:
+    if isinstance(value, msgpack.Timestamp):
+        return int(value.to_unix_nano())
+    if isinstance(value, str):
+        return parse_rfc3339_ns(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise MalformedMessage("naive datetime timestamp")
+        whole = int(value.timestamp())
+        return whole * NANOS_PER_SECOND + value.microsecond * 1000
+    raise MalformedMessage(f"unsupported timestamp type {type(value).__name__}")
+
+
+@lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def rfc3339(epoch_ns_value: int) -> str:
+    """``schema.format_rfc3339_ns`` with the whole-second part cached (ticks come in order)."""
+    seconds, nanos = divmod(epoch_ns_value, NANOS_PER_SECOND)
+    return f"{_second_prefix(seconds)}.{nanos:09d}Z"
+
+
+def _number(msg: Mapping[str, Any], key: str) -> float:
+    value = msg[key]
+    if value.__class__ is float:
+        if value >= 0 and value != math.inf:  # NaN fails ">= 0"
+            return value
+    elif value.__class__ is int and value >= 0:
+        return float(value)
+    raise MalformedMessage(f"{key}: {value!r} is not a finite number >= 0")
+
+
+def _optional_number(msg: Mapping[str, Any], key: str) -> float | None:
+    return None if msg.get(key) is None else _number(msg, key)
+
+
+def _text(msg: Mapping[str, Any], key: str) -> str | None:
+    value = msg.get(key)
+    if value is None or value.__class__ is str:
+        return value
+    raise MalformedMessage(f"{key}: {value!r} is not text")
+
+
+def _integer(msg: Mapping[str, Any], key: str, minimum: int | None = None) -> int | None:
+    value = msg.get(key)
+    if value is None:
+        return None
+    if value.__class__ is not int or (minimum is not None and value < minimum):
+        raise MalformedMessage(f"{key}: {value!r} is not a valid integer")
+    return value
+
+
+def _conditions(msg: Mapping[str, Any]) -> list[str] | None:
+    raw = msg.get("c")
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple):
+        raise MalformedMessage("c: conditions are not a list")
+    return [str(c) for c in raw]
+
+
+def _levels(msg: Mapping[str, Any], key: str) -> list[dict[str, float]]:
+    raw = msg[key]
+    if not isinstance(raw, list):
+        raise MalformedMessage("orderbook side is not a list")
+    return [{"price": _number(level, "p"), "size": _number(level, "s")} for level in raw]
+
+
+def _put(doc: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        doc[key] = value
+
+
+def _trade(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["price"] = _number(msg, "p")
+    doc["size"] = _number(msg, "s")
+    _put(doc, "exchange", _text(msg, "x"))
+    _put(doc, "trade_id", _integer(msg, "i"))
+    _put(doc, "conditions", _conditions(msg))
+    _put(doc, "tape", _text(msg, "z"))
+    _put(doc, "taker_side", _text(msg, "tks"))
+
+
+def _quote(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    # The schema's field order: conditions and tape come before the bid and ask fields.
+    _put(doc, "conditions", _conditions(msg))
+    _put(doc, "tape", _text(msg, "z"))
+    doc["bid_price"] = _number(msg, "bp")
+    doc["bid_size"] = _number(msg, "bs")
+    _put(doc, "bid_exchange", _text(msg, "bx"))
+    doc["ask_price"] = _number(msg, "ap")
+    doc["ask_size"] = _number(msg, "as")
+    _put(doc, "ask_exchange", _text(msg, "ax"))
+
+
+def _bar(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["open"] = _number(msg, "o")
+    doc["high"] = _number(msg, "h")
+    doc["low"] = _number(msg, "l")
+    doc["close"] = _number(msg, "c")
+    doc["volume"] = _number(msg, "v")
+    _put(doc, "vwap", _optional_number(msg, "vw"))
+    _put(doc, "trade_count", _integer(msg, "n", minimum=0))
+
+
+def _orderbook(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["bids"] = _levels(msg, "b")
+    doc["asks"] = _levels(msg, "a")
+    doc["reset"] = bool(msg.get("r"))
+
+
+_FIELDS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
+    "trade": _trade,
+    "quote": _quote,
+    "bar": _bar,
+    "updated_bar": _bar,
+    "daily_bar": _bar,
+    "orderbook": _orderbook,
+}
+
+
+def normalise(
+    msg: Mapping[str, Any], asset_class: str, feed: str, received_ns: int
+) -> dict[str, Any]:
+    """One raw stream message → its wire document, or ``MalformedMessage`` saying why not.
+
+    ``feed`` and ``asset_class`` come from the producer's validated settings.
+    """
+    kind = KIND_BY_TYPE.get(msg.get("T"))  # type: ignore[arg-type]
+    if kind is None:
+        raise MalformedMessage(f"not a market-data message type: {msg.get('T')!r}")
+    try:
+        symbol = msg["S"]
+        if symbol.__class__ is not str or not 0 < len(symbol) <= 64:
+            raise MalformedMessage(f"{kind} with symbol {symbol!r}")
+        ts = epoch_ns(msg["t"])
+        if ts <= 0:
+            raise MalformedMessage(f"{kind} with timestamp {ts}")
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "asset_class": asset_class,
+            "symbol": symbol,
+            "ts": rfc3339(ts),
+            "received_at": rfc3339(received_ns),
+            "feed": feed,
+        }
+        _FIELDS[kind](doc, msg)
+    except KeyError as exc:
+        raise MalformedMessage(f"{kind} without field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        if isinstance(exc, MalformedMessage):
+            raise
+        raise MalformedMessage(f"{kind}: {exc}".splitlines()[0][:300]) from None
+    return doc
+
+
+def price_signature(doc: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """``Tick.price_signature`` of a document: what "the price changed" compares."""
+    kind = doc["kind"]
+    if kind == "trade":
+        return (doc["price"],)
+    if kind == "quote":
+        return (doc["bid_price"], doc["ask_price"])
+    if kind in _BAR_KINDS:
+        return (doc["close"],)
+    return None
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_value(doc: Mapping[str, Any]) -> bytes:
+    """The Kafka value: compact JSON, as ``schema.encode_tick`` writes it."""
+    return _dumps(doc).encode()
+
+
+_INDEX = {column: i for i, column in enumerate(COLUMNS)}
+_EMPTY_ROW = [""] * len(COLUMNS)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def csv_line(doc: Mapping[str, Any]) -> bytes:
+    """One backup row (all ``COLUMNS``, empty where the kind has no such field), with newline.
+
+    The cells are what ``csv.writer`` (minimal quoting) would write: floats as their repr,
+    lists as compact JSON, booleans as ``true``/``false``.
+    """
+    cells = _EMPTY_ROW.copy()
+    index = _INDEX
+    for column, value in doc.items():
+        cls = value.__class__
+        if cls is float or cls is int:
+            text = repr(value)
+        elif cls is str:
+            text = (
+                _quoted(value)
+                if "," in value or '"' in value or "\n" in value or "\r" in value
+                else value
+            )
+        elif cls is bool:
+            text = "true" if value else "false"
+        else:
+            text = _quoted(_dumps(value))
+        cells[index[column]] = text
+    return (",".join(cells) + "\n").encode()
+
+
+def header_line() -> bytes:
+    return (",".join(COLUMNS) + "\n").encode()
+
+
+def document_from_cells(cells: Sequence[str]) -> dict[str, Any]:
+    """A backup row (as ``csv.reader`` splits it) → the wire document it was written from."""
+    doc: dict[str, Any] = {}
+    for column, cell in zip(COLUMNS, cells, strict=True):
+        if cell == "":
+            continue
+        if column in _FLOAT_COLUMNS:
+            doc[column] = float(cell)
+        elif column in _INT_COLUMNS:
+            doc[column] = int(cell)
+        elif column in _JSON_COLUMNS:
+            doc[column] = json.loads(cell)
+        elif column == "reset":
+            doc[column] = cell == "true"
+        else:
+            doc[column] = cell
+    return doc
