@@ -16,7 +16,7 @@ PACKAGES := -e libs/common -e services/producer-stocks -e services/producer-cryp
             -e services/consumer -e services/market-sim \
             -e tools/localstack -e tools/status
 
-.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench
+.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench bench-producer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ test: venv tools stack-up lint ## every test: unit, integration, end to end, aga
 
 bench: venv stack-up ## benchmark the consumer's write path against hand-written alternatives
 	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/write_path.py
+
+bench-producer: venv stack-up ## one producer process at firehose rates, this tree vs main (ARGS=... for bench/producer.py)
+	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/producer.py $(ARGS)
 
 unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest tests/unit

@@ -60,7 +60,7 @@ class ProducerSettings(CommonSettings, KafkaSettings):
         "ticks are in the backup only and re-published from it when Kafka takes them again.",
     )
     handoff_max_messages: int = Field(
-        50_000,
+        20_000,
         ge=100,
         description="Messages the WebSocket loop may hand to the sink thread before it waits.",
     )

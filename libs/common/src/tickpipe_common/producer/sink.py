@@ -136,20 +136,21 @@ class TickSink:
         days: list[str] = []
         out: list[tuple[bytes, bytes, str]] = []
         asset_class, feed = self._asset_class, self._feed
-        received, should_publish = self._received, self._filter.should_publish
-        filtered = self._metrics.filtered
+        should_publish = self._filter.should_publish
         track = self._metrics.symbol_tick if self._metrics.tracks_symbols else None
+        received: dict[str, int] = dict.fromkeys(self._received, 0)
+        filtered: dict[str, int] = dict.fromkeys(self._received, 0)
         for received_ns, messages in batches:
             for msg in messages:
                 try:
                     doc = normalise(msg, asset_class, feed, received_ns)
                     kind = doc["kind"]
-                    received[kind].inc()
+                    received[kind] += 1
                     symbol = doc["symbol"]
                     if track is not None:
                         track(symbol, parse_rfc3339_ns(doc["ts"]))
                     if not should_publish(symbol, kind, price_signature(doc)):
-                        filtered.labels(kind, asset_class).inc()
+                        filtered[kind] += 1
                         continue
                     value = encode_value(doc)
                     row = csv_line(doc)
@@ -164,6 +165,13 @@ class TickSink:
                 rows.append(row)
                 days.append(doc["ts"][:10])
                 out.append((symbol.encode(), value, kind))
+        # Counted once per round, not per tick (a Prometheus increment takes a lock).
+        for kind, count in received.items():
+            if count:
+                self._received[kind].inc(count)
+        for kind, count in filtered.items():
+            if count:
+                self._metrics.filtered.labels(kind, asset_class).inc(count)
         if not out:
             return
         positions = self._write_backup(days, rows)
