@@ -1,6 +1,11 @@
-"""No tick lost when Kafka goes away: a private broker is stopped in the middle of a run and
-started again. The producer keeps streaming into its CSV backup and reports not-ready while
-the broker is down; afterwards the table holds exactly what the simulator sent."""
+"""No tick lost and memory bounded when Kafka goes away: a private broker is stopped in the
+middle of a run and started again. The producer keeps streaming into its CSV backup and reports
+not-ready while the broker is down; its Kafka queue is bounded in bytes (1 MiB here, so that a
+short outage at 2,000 ticks/s overflows it, as minutes would overflow the 64 MiB default), so
+the overflow is in the backup only — and when Kafka is back the producer re-publishes it by
+itself. Its RSS is sampled throughout: the fault this reproduces grew 3.4 KB per queued tick
+until Kubernetes would have OOM-killed it. Afterwards the table holds exactly what the
+simulator sent, nothing replayed by hand."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +25,38 @@ from tests.processes import Service, free_port, http_get, http_json, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.sh"
-EVENTS = 400  # per symbol and kind, at 40/s: about ten seconds of market
-SYMBOLS = ("AAPL", "MSFT")
+EVENTS = 3_000  # per symbol and kind: 5 x 2 x 3,000 = 30,000 ticks at 2,000/s, 15 s of market
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "TSLA")
+# The outage lasts until this many ticks went to the backup only: ~20 queues' worth.
+OUTAGE_TICKS = 8_000
+# Growth of the producer's RSS allowed over the whole outage (the fault: 3.4 KB x 8,000 ticks
+# = 27 MB here, and 630 MiB after three minutes at the default settings).
+RSS_GROWTH_LIMIT_MIB = 20
+
+
+class RssSampler:
+    """Samples a process's resident memory every 0.2 s on a thread of its own."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                status = Path(f"/proc/{self._pid}/status").read_text()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append(int(line.split()[1]) / 1024)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _two_free_ports() -> int:
@@ -91,7 +127,8 @@ def test_a_broker_outage_loses_nothing(
         {
             "SIM_HOST": "127.0.0.1",
             "SIM_PORT": str(sim_port),
-            "SIM_RATE_PER_SYMBOL": "40",
+            "SIM_RATE_PER_SYMBOL": "200",
+            "SIM_MAX_RATE": "4000",
             "SIM_MAX_EVENTS_PER_SYMBOL": str(EVENTS),
         },
         tmp_path / "sim.log",
@@ -121,6 +158,7 @@ def test_a_broker_outage_loses_nothing(
             "BACKUP_DIR": str(tmp_path / "backup"),
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": str(producer_port),
+            "KAFKA_QUEUE_MAX_MIB": "1",
         },
         tmp_path / "producer.log",
     )
@@ -131,21 +169,31 @@ def test_a_broker_outage_loses_nothing(
         producer.start().wait_http(f"http://127.0.0.1:{producer_port}/readyz")
         wait_for(lambda: sum(db_counts(fresh_database).values()) >= 50, 30, "the first rows")
 
+        assert producer.process is not None
+        rss = RssSampler(producer.process.pid)
+        wait_for(lambda: len(rss.samples) >= 3, 10, "RSS samples")
+        rss_before = max(rss.samples)
+
         # The broker goes away while the market keeps streaming.
         private_kafka.stop()
         backed_up = metric_sum(producer_port, "tickpipe_producer_backup_rows_total")
         wait_for(lambda: not _ready(producer_port), 30, "the producer to report not-ready")
         readyz = http_json_status(f"http://127.0.0.1:{producer_port}/readyz")
         assert readyz["kafka_ok"] is False
-        # The market keeps streaming into the backup while the broker is away.
+        # The market keeps streaming into the backup while the broker is away; the queue
+        # overflows and the producer spills.
         wait_for(
             lambda: (
-                metric_sum(producer_port, "tickpipe_producer_backup_rows_total") > backed_up + 100
+                metric_sum(producer_port, "tickpipe_producer_backup_rows_total")
+                > backed_up + OUTAGE_TICKS
             ),
-            20,
+            60,
             "the backup to keep growing while Kafka is down",
         )
+        assert metric_sum(producer_port, "tickpipe_producer_spilling") == 1
         assert http_json_status(f"http://127.0.0.1:{producer_port}/readyz")["kafka_ok"] is False
+        growth = max(rss.samples) - rss_before
+        assert growth < RSS_GROWTH_LIMIT_MIB, f"RSS grew {growth:.0f} MiB during the outage"
 
         # It comes back: queued ticks are delivered, consumption resumes.
         private_kafka.start()
@@ -178,6 +226,15 @@ def test_a_broker_outage_loses_nothing(
         for symbol in SYMBOLS:
             assert trade_ids(fresh_database, symbol) == list(range(1, EVENTS + 1)), symbol
         assert metric_sum(producer_port, "tickpipe_producer_publish_errors_total") == 0
+        assert metric_sum(producer_port, "tickpipe_producer_republished_total") > 0
+        wait_for(
+            lambda: metric_sum(producer_port, "tickpipe_producer_spilling") == 0,
+            30,
+            "the producer to be live again",
+        )
+        rss.stop()
+        growth = max(rss.samples) - rss_before
+        assert growth < RSS_GROWTH_LIMIT_MIB, f"RSS grew {growth:.0f} MiB over the run"
         for service in (producer, consumer, sim):
             assert service.stop() == 0, service.log_tail()
     finally:

@@ -4,6 +4,7 @@ reconnecting after the server goes away, and reconnecting when the stream falls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,3 +115,90 @@ async def _test_silent_stream_is_dropped_and_reconnected() -> None:
         await _until(lambda: recorder.connects >= 2, 20, "a reconnect after silence")
         stop.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+class MuteProxy:
+    """A TCP proxy in front of the simulator that can go mute: its open connections stay
+    open but carry nothing either way (no data, no close handshake, no FIN) — a dead peer
+    behind a NAT or a stuck load balancer. Connections made after ``mute()`` pass normally."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._muted: set[int] = set()
+        self._generation = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def mute(self) -> None:
+        self._muted.add(self._generation)
+        self._generation += 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        generation = self._generation
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if generation in self._muted:
+                    await asyncio.Event().wait()  # swallow everything, never close
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def test_a_mute_socket_reconnects_within_the_staleness_limit_and_says_so() -> None:
+    asyncio.run(_test_a_mute_socket_reconnects())
+
+
+async def _test_a_mute_socket_reconnects() -> None:
+    """The measured fault: with STALE_AFTER_SECONDS=10 a mute socket reconnected only after
+    41 s (closing it blocked for 31 s) while ``connected`` stayed true the whole time."""
+    stale_after = 3.0
+    recorder = Recorder()
+    async with running_sim(rate_per_symbol=50) as sim:
+        proxy = MuteProxy(sim.port)
+        await proxy.start()
+        supervisor = _supervisor(f"ws://127.0.0.1:{proxy.port}/v2/iex", recorder, stale_after)
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(stop))
+        await _until(lambda: len(recorder.messages) >= 10, 20, "first messages")
+        assert supervisor.connected
+        loop = asyncio.get_running_loop()
+        proxy.mute()
+        muted_at = loop.time()
+        await _until(lambda: not supervisor.connected, stale_after + 2, "connected to turn false")
+        await _until(lambda: recorder.connects >= 2, stale_after + 10, "a reconnect")
+        reconnect_after = loop.time() - muted_at
+        assert reconnect_after < stale_after + 5, f"reconnected {reconnect_after:.1f}s after"
+        assert supervisor.connected
+        seen = len(recorder.messages)
+        await _until(lambda: len(recorder.messages) > seen + 10, 20, "data after the reconnect")
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        await proxy.stop()
+    assert reconnect_after < stale_after + 5

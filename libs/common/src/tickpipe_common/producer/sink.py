@@ -38,8 +38,8 @@ from tickpipe_common.producer.publisher import KafkaPublisher
 from tickpipe_common.producer.wire import (
     COLUMNS,
     MalformedMessage,
-    csv_line,
     document_from_cells,
+    encode,
     encode_value,
     normalise,
     price_signature,
@@ -152,8 +152,7 @@ class TickSink:
                     if not should_publish(symbol, kind, price_signature(doc)):
                         filtered[kind] += 1
                         continue
-                    value = encode_value(doc)
-                    row = csv_line(doc)
+                    value, row = encode(doc)
                 except MalformedMessage as exc:
                     self._metrics.malformed.inc()
                     log.warning("malformed_stream_message", reason=str(exc), type=str(_type(msg)))

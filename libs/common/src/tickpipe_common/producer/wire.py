@@ -239,45 +239,64 @@ def price_signature(doc: Mapping[str, Any]) -> tuple[float, ...] | None:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def encode_value(doc: Mapping[str, Any]) -> bytes:
-    """The Kafka value: compact JSON, as ``schema.encode_tick`` writes it."""
-    return _dumps(doc).encode()
-
-
+_KEYS = {column: _dumps(column) + ":" for column in COLUMNS}
 _INDEX = {column: i for i, column in enumerate(COLUMNS)}
 _EMPTY_ROW = [""] * len(COLUMNS)
+# Text values repeat (symbols, exchanges, tapes, feeds): their JSON and CSV forms are cached.
+_TEXT_CACHE: dict[str, tuple[str, str]] = {}
+_TEXT_CACHE_LIMIT = 100_000
 
 
 def _quoted(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def csv_line(doc: Mapping[str, Any]) -> bytes:
-    """One backup row (all ``COLUMNS``, empty where the kind has no such field), with newline.
+def _text_forms(value: str) -> tuple[str, str]:
+    forms = _TEXT_CACHE.get(value)
+    if forms is None:
+        needs_csv_quotes = "," in value or '"' in value or "\n" in value or "\r" in value
+        forms = (_dumps(value), _quoted(value) if needs_csv_quotes else value)
+        if len(_TEXT_CACHE) >= _TEXT_CACHE_LIMIT:
+            _TEXT_CACHE.clear()
+        _TEXT_CACHE[value] = forms
+    return forms
 
-    The cells are what ``csv.writer`` (minimal quoting) would write: floats as their repr,
-    lists as compact JSON, booleans as ``true``/``false``.
+
+def encode(doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The Kafka value and the backup row of a document, in one pass over its fields.
+
+    The value is compact JSON with the fields in the document's (the schema's) order, as
+    ``schema.encode_tick`` writes it; floats are written as Python's shortest round-trip repr
+    (``1e-07`` where pydantic writes ``1e-7``: the same number to every JSON reader). The
+    row is what ``csv.writer`` (minimal quoting) would write for ``COLUMNS``.
     """
+    parts: list[str] = []
     cells = _EMPTY_ROW.copy()
-    index = _INDEX
+    keys, index = _KEYS, _INDEX
     for column, value in doc.items():
         cls = value.__class__
         if cls is float or cls is int:
-            text = repr(value)
+            json_text = cell = repr(value)
         elif cls is str:
-            text = (
-                _quoted(value)
-                if "," in value or '"' in value or "\n" in value or "\r" in value
-                else value
-            )
+            json_text, cell = _text_forms(value)
         elif cls is bool:
-            text = "true" if value else "false"
-        else:
-            text = _quoted(_dumps(value))
-        cells[index[column]] = text
-    return (",".join(cells) + "\n").encode()
+            json_text = cell = "true" if value else "false"
+        else:  # conditions, order-book levels
+            json_text = _dumps(value)
+            cell = _quoted(json_text)
+        parts.append(keys[column] + json_text)
+        cells[index[column]] = cell
+    return ("{" + ",".join(parts) + "}").encode(), (",".join(cells) + "\n").encode()
+
+
+def encode_value(doc: Mapping[str, Any]) -> bytes:
+    """The Kafka value alone (see ``encode``)."""
+    return encode(doc)[0]
+
+
+def csv_line(doc: Mapping[str, Any]) -> bytes:
+    """The backup row alone (see ``encode``), all ``COLUMNS``, with its newline."""
+    return encode(doc)[1]
 
 
 def header_line() -> bytes:
