@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ EVENTS_PER_SYMBOL = 150
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
 STOCK_PATH, CRYPTO_PATH = "/v2/iex", "/v1beta3/crypto/us"
+SUBSCRIBED_KINDS = frozenset({"trade", "quote", "bar", "orderbook"})
 SECRET = "e2e-secret-" + uuid.uuid4().hex
 
 
@@ -126,14 +126,46 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
         )
 
     wait_for(feed_done, 90, "the simulator to send every tick")
-    time.sleep(2)  # the last bars and order books of the run
+
+    # The run is over when the simulator says nothing more will be generated (the last bars
+    # and late prints included) and every generated event has been sent.
+    def run_finished() -> bool:
+        stats = http_json(stats_url)
+        sent = sim_sent(stats)
+        generated = {
+            (symbol, kind): n
+            for per_symbol in stats["generated"].values()
+            for symbol, kinds in per_symbol.items()
+            for kind, n in kinds.items()
+            if kind in SUBSCRIBED_KINDS  # a market also makes daily bars nobody asked for
+        }
+        return bool(stats["finished"]) and all(sent[key] >= n for key, n in generated.items())
+
+    wait_for(run_finished, 60, "the simulator to finish its run")
     stats = http_json(stats_url)
     sent = sim_sent(stats)
     assert sum(sent.values()) == stats["totals"]["messages"]
 
     # 2. Everything sent lands in the table: compare per symbol and kind.
     wait_for(lambda: sum(db_counts(dsn).values()) >= sum(sent.values()), 60, "rows to land")
-    time.sleep(1)
+
+    # ...and the consumer has written (or skipped as a copy) every message published, so no
+    # late extra row can still come.
+    def consumer_done() -> bool:
+        published = sum(
+            metric_sum(ports[n], "tickpipe_producer_ticks_published_total")
+            for n in ("stocks", "crypto")
+        )
+        handled = sum(
+            metric_sum(ports["consumer"], name)
+            for name in (
+                "tickpipe_consumer_rows_inserted_total",
+                "tickpipe_consumer_duplicates_skipped_total",
+            )
+        )
+        return handled >= published
+
+    wait_for(consumer_done, 60, "the consumer to handle every published tick")
     assert db_counts(dsn) == sent
 
     # 3. The producers published (acks=all) and backed up exactly what they received.

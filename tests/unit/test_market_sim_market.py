@@ -292,3 +292,17 @@ def test_symbol_profiles() -> None:
     other = profile_for("XYZ/USD", AssetClass.CRYPTO)
     assert 0.1 <= other.start_price <= 1000
     assert math.isfinite(other.start_price)
+
+
+@pytest.mark.parametrize("wanted", [STOCK_KINDS, frozenset({Kind.TRADE, Kind.QUOTE})])
+def test_a_capped_market_says_when_it_has_finished(wanted: frozenset[Kind]) -> None:
+    market = make_market(max_events=12)
+    events: list[Event] = []
+    steps = 0
+    while not market.finished(wanted):
+        assert steps < 1000, "never finished"
+        events.extend(market.advance(wanted))
+        steps += 1
+    assert len(bodies(events, Kind.TRADE)) == len(bodies(events, Kind.QUOTE)) == 12
+    assert run(market, 200, wanted) == []  # nothing more, ever
+    assert not make_market().finished(wanted)  # an uncapped market never finishes

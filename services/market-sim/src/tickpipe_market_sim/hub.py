@@ -163,6 +163,14 @@ class FeedHub:
         if session.push_data(snapshot.kind, snapshot.symbol, snapshot.body):
             session.book_synced.add(market.symbol)
 
+    def finished(self) -> bool:
+        """Every watched symbol has produced all it will (``SIM_MAX_EVENTS_PER_SYMBOL``)."""
+        for symbol in self._active:
+            wanted = {k for k in self._kinds if self.recipients(CHANNEL_OF[k], symbol)}
+            if wanted and not self.market(symbol).finished(wanted):
+                return False
+        return True
+
     def generated(self) -> dict[str, dict[str, int]]:
         return {
             symbol: {kind.value: n for kind, n in market.generated.items() if n}
@@ -211,6 +219,12 @@ class Hub:
             now = loop.time()
             if next_at < now - self._period:
                 next_at = now  # fell behind (a stall): resume, do not burst to catch up
+
+    def finished(self) -> bool:
+        """A fixed run (``SIM_MAX_EVENTS_PER_SYMBOL``) is over: someone subscribed, and every
+        watched symbol of every feed has generated all it will. What was sent is in /stats."""
+        watched = [feed for feed in self.feeds.values() if feed.has_subscribers()]
+        return bool(watched) and all(feed.finished() for feed in watched)
 
     def generated(self) -> dict[str, Any]:
         return {path: feed.generated() for path, feed in self.feeds.items() if feed.markets}

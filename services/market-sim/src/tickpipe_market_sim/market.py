@@ -162,6 +162,22 @@ class SymbolMarket:
         self._walk()
         return events
 
+    def finished(self, wanted: Set[Kind]) -> bool:
+        """With ``max_events``: nothing more will ever come for these kinds — every capped
+        stream is at its cap, the last bar window is closed and its late print is out."""
+        if self._max_events == 0:
+            return False
+        streams = [Kind.TRADE] if wanted & TRADE_FEEDING else []
+        if Kind.QUOTE in wanted:
+            streams.append(Kind.QUOTE)
+        if Kind.ORDERBOOK in wanted and not self._stock:
+            streams.append(Kind.ORDERBOOK)
+        return (
+            all(not self._room(kind) for kind in streams)
+            and self._window is None
+            and self._late is None
+        )
+
     def book_snapshot(self) -> Event:
         """The whole book (``r`` true): what a new order-book subscriber gets first.
         Not a generated event: it does not count towards SIM_MAX_EVENTS_PER_SYMBOL."""

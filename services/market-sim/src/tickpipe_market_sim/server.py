@@ -189,6 +189,8 @@ class SimServer:
     def _stats_page(self) -> tuple[http.HTTPStatus, str, bytes]:
         body = self._stats.snapshot()
         body["generated"] = self._hub.generated()
+        # A fixed run is over: nothing more will be generated (what was sent is above).
+        body["finished"] = self._hub.finished()
         body["config"] = self._config
         return http.HTTPStatus.OK, "application/json", json.dumps(body).encode()
 
