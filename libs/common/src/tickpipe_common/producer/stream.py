@@ -136,11 +136,14 @@ def build_alpaca_stream(stream_class: Any, settings: ProducerSettings, url: str)
         raw_data=True,
         url_override=url,
         data_timeout=settings.stale_after_seconds,
-        # alpaca-py's defaults, plus a short close_timeout (see the module docstring).
+        # alpaca-py's defaults, plus a short close_timeout (see the module docstring) and a
+        # smaller receive buffer: 128 frames (Alpaca packs many messages per frame) instead
+        # of 1,024, so a producer that falls behind holds megabytes, not a hundred, before
+        # TCP pushes back.
         websocket_params={
             "ping_interval": 10,
             "ping_timeout": 180,
-            "max_queue": 1024,
+            "max_queue": 128,
             "close_timeout": CLOSE_TIMEOUT_SECONDS,
         },
     )
