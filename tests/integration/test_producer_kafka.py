@@ -3,6 +3,10 @@ and spilling to the backup when the client's queue is full, then re-publishing f
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from tests.kafka_helpers import read_topic
 from tests.unit.ticks import TS, back_up, bar, trade
 from tickpipe_common.kafka_config import producer_config
+from tickpipe_common.logging import configure_logging
 from tickpipe_common.producer.csv_backup import CsvBackupWriter, read_backup
 from tickpipe_common.producer.handoff import HandOff
 from tickpipe_common.producer.metrics import ProducerMetrics
@@ -53,6 +58,10 @@ def _sink(publisher: KafkaPublisher, backup: CsvBackupWriter) -> TickSink:
         publisher,
         publisher.metrics,
     )
+
+
+def _backup_ok(sink: TickSink) -> bool:
+    return sink.backup_ok
 
 
 def _spilling(sink: TickSink) -> bool:
@@ -212,3 +221,51 @@ def test_a_full_queue_spills_to_the_backup_and_republishes_it_in_order(
         assert ids == list(range(symbols.index(symbol), total, 3)), symbol
     backed_up = list(read_backup(tmp_path, AssetClass.STOCK, 0, TS + DAY))
     assert sorted(t.tick_id for t in backed_up) == sorted(t.tick_id for t in decoded)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_backup_disk_never_stops_publishing_and_is_reported(
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
+) -> None:
+    """The measured fault: with the backup disk full the producer logged one error per tick
+    and stayed ready. Now: publishing goes on, the state is a metric (and /readyz), the log
+    line is rate-limited, and the next write after space returns clears it."""
+    publisher, registry = _publisher(kafka_bootstrap, fresh_topic)
+    backup = CsvBackupWriter(tmp_path, AssetClass.STOCK)
+    sink = _sink(publisher, backup)
+    sink.handle([(TS, [_raw_trade(0)])])  # opens today's file
+    full = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    real, backup._fd = backup._fd, full
+    for start in range(1, 101, 10):
+        sink.handle([(TS, [_raw_trade(i) for i in range(start, start + 10)])])
+    assert not _backup_ok(sink)
+    assert registry.get_sample_value("tickpipe_producer_backup_ok") == 0
+    assert registry.get_sample_value("tickpipe_producer_backup_errors_total") == 100
+    backup._fd = real  # space is back
+    os.close(full)
+    sink.handle([(TS, [_raw_trade(101)])])
+    assert _backup_ok(sink)
+    assert registry.get_sample_value("tickpipe_producer_backup_ok") == 1
+    assert publisher.flush(30) == 0
+    assert publisher.delivered == 102  # every tick published, backed up or not
+    backup.close()
+    assert [t.trade_id for t in read_backup(tmp_path, AssetClass.STOCK, 0, TS + DAY)] == [0, 101]
+
+
+def test_repeating_log_lines_are_rate_limited() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging("producer-stocks", "INFO", "json", stream)
+        log = logging.getLogger("tickpipe_common.producer.sink")
+        for _ in range(500):
+            log.error("backup_write_failed")
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:  # give pytest its handlers back
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    assert [line["event"] for line in lines] == ["backup_write_failed"]
