@@ -67,6 +67,7 @@ class CsvBackupWriter:
         self._tidy_lock = threading.Lock()
         self._tidy_wanted = False
         self._tidy_running = False
+        self._tidy_today = ""
         # The file being re-published from (see sink.Spill): neither it nor any later day is
         # gzipped while the re-publishing reads them.
         self.keep_uncompressed: Path | None = None
@@ -112,6 +113,8 @@ class CsvBackupWriter:
         """Gzip finished days and delete expired ones, in the background (files can be big)."""
         with self._tidy_lock:
             self._tidy_wanted = True
+            # The day being written now: it and later days are never compressed.
+            self._tidy_today = self._day or utc_date(time.time_ns())
             if self._tidy_running:
                 return  # the running thread goes round once more
             self._tidy_running = True
@@ -127,10 +130,10 @@ class CsvBackupWriter:
                     self._tidy_running = False
                     return
                 self._tidy_wanted = False
-            self._tidy()
+                today = self._tidy_today
+            self._tidy(today)
 
-    def _tidy(self) -> None:
-        today = self._day or utc_date(time.time_ns())
+    def _tidy(self, today: str) -> None:
         expired_before = (
             utc_date(time.time_ns() - self._retention_days * DAY_NS)
             if self._retention_days > 0
