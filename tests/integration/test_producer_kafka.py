@@ -269,3 +269,33 @@ def test_repeating_log_lines_are_rate_limited() -> None:
             root.addHandler(handler)
         root.setLevel(level)
     assert [line["event"] for line in lines] == ["backup_write_failed"]
+
+
+def test_a_restart_while_spilling_resumes_the_republishing(
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
+) -> None:
+    """The spill cursor outlives the process: a producer stopped while it spills (its queue
+    flushed on SIGTERM) and started again re-publishes the rest from the backup by itself."""
+    first, _ = _publisher(kafka_bootstrap, fresh_topic, queue_max_mib=1, **{"linger.ms": 60_000})
+    backup = CsvBackupWriter(tmp_path, AssetClass.STOCK)
+    sink = _sink(first, backup)
+    total = 12_000
+    for start in range(0, total, 200):
+        sink.handle([(TS + start, [_raw_trade(i) for i in range(start, start + 200)])])
+    assert _spilling(sink)
+    assert first.flush(30) == 0  # SIGTERM: what the client holds is delivered
+    backup.close()
+
+    second, _ = _publisher(kafka_bootstrap, fresh_topic)
+    backup = CsvBackupWriter(tmp_path, AssetClass.STOCK)
+    resumed = _sink(second, backup)
+    assert _spilling(resumed), "the restart forgot the spill"
+    for _ in range(200):
+        resumed.service()
+        second.flush(10)
+        if not _spilling(resumed):
+            break
+    assert not _spilling(resumed)
+    assert not (tmp_path / "stock" / "spill.json").exists()
+    messages = read_topic(kafka_bootstrap, fresh_topic, expected=total)
+    assert sorted(decode_tick(m.value()).trade_id or 0 for m in messages) == list(range(total))

@@ -111,7 +111,6 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         retention_days=settings.backup_retention_days,
         compress=settings.backup_compress,
     )
-    backup.housekeeping()
     handoff = HandOff(settings.handoff_max_messages, on_wait=metrics.handoff_waits.inc)
     sink = TickSink(
         handoff,
@@ -122,6 +121,7 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         publisher,
         metrics,
     )
+    backup.housekeeping()  # after the sink: a resumed spill's files must stay uncompressed
     connects = 0
 
     def on_connect() -> None:

@@ -53,7 +53,7 @@ class CsvBackupWriter:
         retention_days: int = 0,
         compress: bool = True,
     ) -> None:
-        self._folder = backup_dir / asset_class.value
+        self.folder = backup_dir / asset_class.value
         self._dir = backup_dir
         self._asset_class = asset_class
         self._retention_days = retention_days
@@ -98,8 +98,8 @@ class CsvBackupWriter:
 
     def _rotate(self, day: str) -> None:
         self.close()
-        self._folder.mkdir(parents=True, exist_ok=True)
-        path = self._folder / f"{day}.csv"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{day}.csv"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(fd).st_size
         if size == 0:
@@ -140,7 +140,7 @@ class CsvBackupWriter:
             else ""
         )
         keep = self.keep_uncompressed
-        for path in sorted(self._folder.glob("*.csv*")):
+        for path in sorted(self.folder.glob("*.csv*")):
             day = _day_of(path)
             try:
                 if day < expired_before:

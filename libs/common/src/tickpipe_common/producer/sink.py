@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ class TickSink:
             for kind in ("trade", "quote", "bar", "updated_bar", "daily_bar", "orderbook")
         }
         self.spill: Spill | None = None
+        self._spill_state = backup.folder / "spill.json"
+        self._resume_spill()
         self.backup_ok = True
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
@@ -232,6 +235,7 @@ class TickSink:
         self.spill = Spill(path, offset)
         self._backup.keep_uncompressed = path
         self._metrics.spilling.set(1)
+        self._save_spill()
         log.warning(
             "kafka_queue_full",
             action="backup only; re-publishing from the backup once Kafka takes ticks again",
@@ -250,11 +254,11 @@ class TickSink:
         while done < REPUBLISH_PER_ROUND:
             lines = _read_lines(spill.path, spill.offset, REPUBLISH_PER_ROUND - done)
             if not lines:
-                if spill.path == self._backup.path:
-                    self._end_spill()
-                    return
+                # The end of this file; this thread is the only writer, so unless a later day
+                # exists, the cursor has caught up with everything written.
                 following = _next_day_file(spill.path)
-                if following is None:  # the writer has not opened a later day: wait for it
+                if following is None:
+                    self._end_spill()
                     return
                 spill.path, spill.offset = following, len(_first_line(following))
                 self._backup.keep_uncompressed = spill.path
@@ -263,11 +267,13 @@ class TickSink:
                 cells = next(csv.reader(io.StringIO(line.decode())))
                 doc = document_from_cells(cells)
                 if not produce(cells[_SYMBOL_AT].encode(), encode_value(doc), cells[_KIND_AT]):
+                    self._save_spill()
                     return
                 spill.offset += len(line)
                 spill.rows += 1
                 done += 1
                 self._metrics.republished.inc()
+        self._save_spill()
 
     def _end_spill(self) -> None:
         spill = self.spill
@@ -276,6 +282,40 @@ class TickSink:
         self.spill = None
         self._backup.keep_uncompressed = None
         self._metrics.spilling.set(0)
+        self._spill_state.unlink(missing_ok=True)
+
+    # A restart while spilling resumes where the re-publishing was: the cursor is kept in
+    # <backup>/<asset_class>/spill.json (written per round, removed once caught up).
+
+    def _save_spill(self) -> None:
+        spill = self.spill
+        if spill is None:
+            return
+        state = {"file": spill.path.name, "offset": spill.offset}
+        partial = self._spill_state.with_suffix(".partial")
+        try:
+            partial.write_text(json.dumps(state))
+            partial.replace(self._spill_state)
+        except OSError as exc:  # a full disk: the cursor in memory still works
+            log.warning("spill_state_not_saved", error=str(exc))
+
+    def _resume_spill(self) -> None:
+        try:
+            state = json.loads(self._spill_state.read_text())
+            path = self._spill_state.parent / str(state["file"])
+            offset = int(state["offset"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("spill_state_unreadable", path=str(self._spill_state), error=str(exc))
+            return
+        if not path.exists():
+            log.error("spill_file_missing", path=str(path), action="replay by hand if needed")
+            return
+        self.spill = Spill(path, offset)
+        self._backup.keep_uncompressed = path
+        self._metrics.spilling.set(1)
+        log.warning("spill_resumed", backup=str(path), offset=offset)
 
 
 def _type(msg: Any) -> object:
