@@ -163,11 +163,23 @@ def test_writer_stores_exact_values_and_skips_duplicates(
     c = tick_to_row(book, None)
     writer = TickWriter(migrated)
     try:
-        # The same tick twice in one batch is folded, not an error.
-        first = writer.write([a, a, b, c])
-        assert first.inserted_by_kind == {"trade": 2, "orderbook": 1}
+        # New ticks: the optimistic COPY straight into the table.
+        first = writer.write([a, c])
+        assert first.path == "copy"
+        assert {k: t.inserted for k, t in first.by_kind.items()} == {"trade": 1, "orderbook": 1}
+        assert first.by_kind["trade"].sample_ts_ns == [ts_ns]
+        # A stored tick in the batch (and the same tick twice in it): the COPY is refused
+        # and rolled back whole, the staging path folds them, and only b is new.
+        second = writer.write([a, a, b])
+        assert second.path == "staging"
+        assert {k: t.inserted for k, t in second.by_kind.items()} == {"trade": 1}
         again = writer.write([b, a, c])
-        assert again.inserted == 0
+        assert (again.path, again.inserted) == ("staging", 0)
+        # A batch with no duplicate returns the writer to the COPY path after it.
+        d = _trade("AAPL", ts_ns + 1, 171.27, trade_id=3)
+        assert writer.write([d]).path == "staging"
+        e = _trade("AAPL", ts_ns + 2, 171.28, trade_id=4)
+        assert writer.write([e]).path == "copy"
     finally:
         writer.close()
     row = conn.execute(
@@ -187,7 +199,7 @@ def test_writer_stores_exact_values_and_skips_duplicates(
     ).fetchone() or (None, None)
     assert bids == [{"price": 64123.1, "size": 0.0123456789}]
     assert asks == [{"price": 64124.9, "size": 0}]
-    assert conn.execute("SELECT count(*) FROM market_ticks").fetchone() == (3,)
+    assert conn.execute("SELECT count(*) FROM market_ticks").fetchone() == (5,)
 
 
 def test_writer_reports_refused_data_separately(migrated: str) -> None:

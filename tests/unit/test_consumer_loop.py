@@ -24,11 +24,13 @@ from tickpipe_consumer.writer import (
     TickWriter,
     TransientDatabaseError,
     WriteResult,
+    tally,
 )
 
 TOPIC = "ticks"
 _SYMBOL = COLUMN_NAMES.index("symbol")
 _TS_NS = COLUMN_NAMES.index("ts_ns")
+_KIND = COLUMN_NAMES.index("kind")
 
 
 def _tick(symbol: str, n: int) -> Tick:
@@ -122,14 +124,13 @@ class FakeWriter:
             raise TransientDatabaseError("OperationalError: connection refused")
         if self.refuse_symbol and any(r[_SYMBOL] == self.refuse_symbol for r in rows):
             raise RowsRejectedError("CheckViolation[23514]: refused")
-        inserted: list[int] = []
+        inserted: list[tuple[object, object]] = []
         for row in rows:
             key = (str(row[_SYMBOL]), int(cast(int, row[_TS_NS])))
             if key not in self.stored:
                 self.stored[key] = row
-                inserted.append(key[1])
-        by_kind = {"trade": len(inserted)} if inserted else {}
-        return WriteResult(by_kind, inserted, time.time_ns(), 0.001)
+                inserted.append((row[_KIND], key[1]))
+        return WriteResult(tally(inserted), time.time_ns(), 0.001, "fake")
 
     def ping(self) -> None:
         return None

@@ -18,7 +18,7 @@ from tickpipe_common.schema import RejectReason
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.loop import ConsumerLoop
 from tickpipe_consumer.metrics import ConsumerMetrics
-from tickpipe_consumer.writer import TickWriter, WriteResult
+from tickpipe_consumer.writer import TickWriter, WriteResult, tally
 from tickpipe_market_sim.stats import SimMetrics
 from tickpipe_producer_stocks.settings import StockProducerSettings
 
@@ -175,13 +175,13 @@ def test_end_to_end_latency_leaves_out_bars() -> None:
     )
     now = time.time_ns()
     minute_ago = now - 60 * 10**9
-    result = WriteResult(
-        {"trade": 2, "bar": 1, "daily_bar": 1},
-        [now - 10**8, now - 2 * 10**8, minute_ago, minute_ago],
-        now,
-        0.01,
-        ("trade", "trade", "bar", "daily_bar"),
-    )
+    inserted = [
+        ("trade", now - 10**8),
+        ("trade", now - 2 * 10**8),
+        ("bar", minute_ago),
+        ("daily_bar", minute_ago),
+    ]
+    result = WriteResult(tally(inserted), now, 0.01, "copy")
     loop._record(4, result)
     name = "tickpipe_consumer_end_to_end_latency_seconds"
     assert registry.get_sample_value(f"{name}_count") == 2

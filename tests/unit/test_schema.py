@@ -2,16 +2,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
 from tests.unit.ticks import TS, bar, orderbook, quote, trade
+from tickpipe_common import schema
 from tickpipe_common.schema import (
+    TEXT_BOUNDS,
+    FastTick,
     RejectReason,
     Tick,
+    TickFields,
     TickRejected,
     check_storable,
     decode_tick,
+    decode_tick_fast,
     encode_tick,
     kafka_headers,
 )
@@ -78,7 +84,7 @@ def test_rejections_say_why() -> None:
     assert _reason(b"") is RejectReason.EMPTY
     assert _reason(b"{not json") is RejectReason.NOT_JSON
     assert _reason(b"[1, 2]") is RejectReason.SCHEMA_VIOLATION
-    assert _reason(good.replace(b'"schema_version":1', b'"schema_version":2')) is (
+    assert _reason(good.replace(b'"schema_version":1', b'"schema_version":3')) is (
         RejectReason.UNSUPPORTED_SCHEMA_VERSION
     )
     assert _reason(good.replace(b"187.25", b"NaN")) is RejectReason.INVALID_VALUE
@@ -100,3 +106,147 @@ def test_check_storable() -> None:
     with pytest.raises(TickRejected) as caught:
         check_storable(tick, b"AAPL", now_ns=TS - 301 * 10**9, max_future_ns=300 * 10**9)
     assert caught.value.reason is RejectReason.FUTURE_TIMESTAMP
+
+
+_ALL_KINDS = [trade, quote, bar, orderbook, lambda: bar(kind="updated_bar")]
+
+
+@pytest.mark.parametrize("make", _ALL_KINDS)
+@pytest.mark.parametrize("version", [1, 2])
+def test_fast_decoder_gives_the_reference_fields_and_identity(
+    make: Callable[[], Tick], version: int
+) -> None:
+    tick = make()
+    value = encode_tick(tick, version)
+    fast = decode_tick_fast(value)
+    assert isinstance(cast(object, fast), FastTick)  # the fast path took it, not the fallback
+    reference = decode_tick(value)
+    assert fast.tick_id == reference.tick_id == tick.tick_id
+    for name in Tick.model_fields:
+        if name in ("schema_version", "carried_id", "bids", "asks"):
+            continue
+        assert getattr(fast, name) == getattr(reference, name), name
+    for side in ("bids", "asks"):
+        assert _levels(getattr(fast, side)) == _levels(getattr(reference, side))
+
+
+def _levels(levels: object) -> object:
+    if levels is None:
+        return None
+    return [(lv.price, lv.size) for lv in levels]  # type: ignore[attr-defined]
+
+
+def test_version_2_carries_the_identity_and_version_1_stays_as_it_was() -> None:
+    tick = trade()
+    v2 = json.loads(encode_tick(tick, 2))
+    assert v2["schema_version"] == 2
+    assert v2["tick_id"] == str(tick.tick_id)
+    v1 = json.loads(encode_tick(tick))
+    assert "tick_id" not in v1
+    assert {k: v for k, v in v2.items() if k not in ("schema_version", "tick_id")} == {
+        k: v for k, v in v1.items() if k != "schema_version"
+    }
+    assert dict(kafka_headers("p", 2))["tickpipe-schema-version"] == b"2"
+    with pytest.raises(ValueError, match="no schema version 7"):
+        encode_tick(tick, 7)
+
+
+def test_identity_of_version_1_is_unchanged() -> None:
+    # The ids stored by earlier builds: a changed hash would store every replay twice.
+    assert str(trade().tick_id) == "017aa979-a9d5-9b07-09aa-f03304c82ecf"
+    assert str(orderbook().tick_id) == "150ad595-e3b9-9090-b0c0-19979b2975f0"
+
+
+def _fast_reason(value: bytes | None) -> RejectReason:
+    with pytest.raises(TickRejected) as caught:
+        decode_tick_fast(value)
+    return caught.value.reason
+
+
+def test_fast_decoder_refuses_what_the_reference_refuses_with_its_reason() -> None:
+    good = encode_tick(trade())
+    good2 = encode_tick(trade(), 2)
+    cases = [
+        None,
+        b"",
+        b"{not json",
+        b"[1, 2]",
+        good.replace(b'"schema_version":1', b'"schema_version":3'),
+        good.replace(b"187.25", b"NaN"),
+        good.replace(b"187.25", b"1e999"),
+        good.replace(b"187.25", b"-187.25"),
+        good.replace(b'"kind":"trade"', b'"kind":"news"'),
+        good.replace(b'"symbol"', b'"sym"'),
+        good[:-1] + b',"extra":1}',
+        good.replace(b'"trade_id":42', b'"trade_id":9223372036854775808'),
+        good.replace(b'"price":187.25,', b""),  # a trade without its price
+        good.replace(b'"exchange":"V"', b'"exchange":"' + b"V" * 900_000 + b'"'),
+        good.replace(b'"ts":"2024-03-01T14:30:00.123456789Z"', b'"ts":"yesterday"'),
+        good.replace(b'"ts":"2024-03-01T14:30:00.123456789Z"', b'"ts":true'),
+        good2.replace(b'"schema_version":2', b'"schema_version":1'),  # v1 has no tick_id
+        good.replace(b'"schema_version":1', b'"schema_version":2'),  # v2 needs one
+        good2.replace(b'"tick_id":"', b'"tick_id":"x'),
+    ]
+    for value in cases:
+        assert _fast_reason(value) is _reason(value), value
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        ("symbol", RejectReason.SCHEMA_VIOLATION),
+        ("exchange", RejectReason.SCHEMA_VIOLATION),
+        ("tape", RejectReason.SCHEMA_VIOLATION),
+    ],
+)
+def test_every_text_field_has_a_length_bound(field: str, reason: RejectReason) -> None:
+    doc = json.loads(encode_tick(trade()))
+    doc[field] = "X" * (TEXT_BOUNDS[field] + 1)
+    value = json.dumps(doc).encode()
+    assert _reason(value) is reason
+    assert _fast_reason(value) is reason
+    doc[field] = "X" * TEXT_BOUNDS[field]
+    assert decode_tick_fast(json.dumps(doc).encode()).symbol
+
+
+def test_bounds_cover_every_text_field() -> None:
+    text_fields = {
+        name
+        for name, info in Tick.model_fields.items()
+        if "str" in str(info.annotation) and "UUID" not in str(info.annotation)
+    }
+    assert text_fields == set(TEXT_BOUNDS)
+
+
+def test_integers_beyond_bigint_and_timestamps_beyond_it_are_invalid_values() -> None:
+    doc = json.loads(encode_tick(trade()))
+    for field, value in (("trade_id", 2**63), ("received_at", 10**30), ("ts", 0)):
+        bad = json.dumps({**doc, field: value}).encode()
+        assert _reason(bad) is RejectReason.INVALID_VALUE, field
+        assert _fast_reason(bad) is RejectReason.INVALID_VALUE, field
+
+
+def test_a_wrong_carried_identity_is_caught_by_the_sampled_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    doc = json.loads(encode_tick(trade(), 2))
+    doc["tick_id"] = str(quote().tick_id)  # some other tick's identity
+    value = json.dumps(doc).encode()
+    monkeypatch.setattr(schema, "_verify_countdown", [1])  # the next one is checked
+    with pytest.raises(TickRejected) as caught:
+        decode_tick_fast(value)
+    assert caught.value.reason is RejectReason.INVALID_VALUE
+    assert "does not match" in caught.value.detail
+    checked = 0
+    for _ in range(schema.VERIFY_CARRIED_ID_EVERY * 2):
+        try:
+            decode_tick_fast(value)
+        except TickRejected:
+            checked += 1
+    assert checked == 2
+
+
+def test_fields_protocol_is_what_both_decoders_return() -> None:
+    value = encode_tick(trade())
+    results: list[TickFields] = [decode_tick(value), decode_tick_fast(value)]
+    assert results[0].tick_id == results[1].tick_id

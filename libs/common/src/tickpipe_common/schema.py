@@ -6,6 +6,21 @@ the content type, schema version and producing service.
 
 Prices and sizes stay IEEE doubles exactly as Alpaca sends them. Timestamps are integer
 epoch nanoseconds in memory and nine-digit RFC 3339 text on the wire, so nothing is rounded.
+
+Schema versions: 1 is the tick as described here; 2 is the same object plus ``tick_id``, the
+identity computed once by the producer (``encode_tick(tick, version=2)``) so the consumer need
+not hash every message. The consumer reads both. Every version refuses:
+
+- text longer than its bound (``TEXT_BOUNDS``; a symbol 1-64 characters, an exchange code at
+  most 32, ...), more than ``MAX_CONDITIONS`` conditions or ``MAX_BOOK_LEVELS`` book levels;
+- negative or non-finite prices and sizes (NaN, Infinity, numbers beyond a double);
+- integers outside PostgreSQL's ``bigint`` (trade ids, trade counts) and timestamps <= 0;
+- unknown fields, unknown kinds, a kind without its own fields (a trade without a price).
+
+Two decoders implement these rules: ``decode_tick`` (pydantic, the reference, which also says
+*why* a message is refused) and ``decode_tick_fast`` (msgspec, the consumer's hot path), which
+accepts a subset of what the reference accepts and hands everything else to it — so a refused
+message gets the reference's reason, and the fast path can only ever be stricter, never looser.
 """
 
 from __future__ import annotations
@@ -13,10 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import uuid
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, Protocol, cast
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +47,9 @@ from pydantic import (
 
 from tickpipe_common.timestamps import format_rfc3339_ns, parse_rfc3339_ns
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what encode_tick writes unless asked for another version
+SCHEMA_VERSION_WITH_ID = 2  # the same tick plus its identity, computed by the producer
+SCHEMA_VERSIONS: Final = (SCHEMA_VERSION, SCHEMA_VERSION_WITH_ID)
 CONTENT_TYPE = "application/json"
 
 HEADER_CONTENT_TYPE = "content-type"
@@ -53,7 +73,36 @@ class AssetClass(StrEnum):
 
 BAR_KINDS = frozenset({TickKind.BAR, TickKind.UPDATED_BAR, TickKind.DAILY_BAR})
 
-NonNegative = Annotated[float, Field(ge=0)]
+# The numeric bounds of the schema (see the module docstring).
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+_FLOAT_MAX = sys.float_info.max
+MAX_CONDITIONS = 64
+MAX_BOOK_LEVELS = 10_000
+# Longest text per field (characters). Exchange and condition codes are a few characters on
+# every Alpaca feed; the bound stops a malformed or hostile message from storing megabytes.
+TEXT_BOUNDS: Final[dict[str, int]] = {
+    "symbol": 64,
+    "feed": 32,
+    "exchange": 32,
+    "tape": 8,
+    "taker_side": 8,
+    "bid_exchange": 32,
+    "ask_exchange": 32,
+    "conditions": 16,  # each condition code
+}
+
+NonNegative = Annotated[float, Field(ge=0, le=_FLOAT_MAX)]
+Int8 = Annotated[int, Field(ge=INT8_MIN, le=INT8_MAX)]
+_CODE = TEXT_BOUNDS["exchange"]
+Symbol = Annotated[str, Field(min_length=1, max_length=TEXT_BOUNDS["symbol"])]
+Feed = Annotated[str, Field(min_length=1, max_length=TEXT_BOUNDS["feed"])]
+Code = Annotated[str, Field(max_length=_CODE)]
+Tape = Annotated[str, Field(max_length=TEXT_BOUNDS["tape"])]
+Side = Annotated[str, Field(max_length=TEXT_BOUNDS["taker_side"])]
+Conditions = Annotated[
+    tuple[Annotated[str, Field(max_length=TEXT_BOUNDS["conditions"])], ...],
+    Field(max_length=MAX_CONDITIONS),
+]
 
 
 class BookLevel(BaseModel):
@@ -95,27 +144,27 @@ class Tick(BaseModel):
     schema_version: Literal[1] = 1
     kind: TickKind
     asset_class: AssetClass
-    symbol: Annotated[str, Field(min_length=1, max_length=64)]
-    ts_ns: Annotated[int, Field(alias="ts", gt=0, strict=False)]
-    received_ns: Annotated[int, Field(alias="received_at", gt=0)]
-    feed: Annotated[str, Field(min_length=1, max_length=32)]
+    symbol: Symbol
+    ts_ns: Annotated[int, Field(alias="ts", gt=0, le=INT8_MAX, strict=False)]
+    received_ns: Annotated[int, Field(alias="received_at", gt=0, le=INT8_MAX)]
+    feed: Feed
 
     # trades
     price: NonNegative | None = None
     size: NonNegative | None = None
-    exchange: str | None = None
-    trade_id: int | None = None
-    conditions: tuple[str, ...] | None = None
-    tape: str | None = None
-    taker_side: str | None = None
+    exchange: Code | None = None
+    trade_id: Int8 | None = None
+    conditions: Conditions | None = None
+    tape: Tape | None = None
+    taker_side: Side | None = None
 
     # quotes
     bid_price: NonNegative | None = None
     bid_size: NonNegative | None = None
-    bid_exchange: str | None = None
+    bid_exchange: Code | None = None
     ask_price: NonNegative | None = None
     ask_size: NonNegative | None = None
-    ask_exchange: str | None = None
+    ask_exchange: Code | None = None
 
     # bars
     open: NonNegative | None = None
@@ -124,11 +173,11 @@ class Tick(BaseModel):
     close: NonNegative | None = None
     volume: NonNegative | None = None
     vwap: NonNegative | None = None
-    trade_count: Annotated[int, Field(ge=0)] | None = None
+    trade_count: Annotated[int, Field(ge=0, le=INT8_MAX)] | None = None
 
     # crypto orderbooks
-    bids: tuple[BookLevel, ...] | None = None
-    asks: tuple[BookLevel, ...] | None = None
+    bids: Annotated[tuple[BookLevel, ...], Field(max_length=MAX_BOOK_LEVELS)] | None = None
+    asks: Annotated[tuple[BookLevel, ...], Field(max_length=MAX_BOOK_LEVELS)] | None = None
     reset: bool | None = None
 
     @field_validator("ts_ns", "received_ns", mode="before")
@@ -152,33 +201,7 @@ class Tick(BaseModel):
     @property
     def tick_id(self) -> uuid.UUID:
         """Deterministic identity: a replay of the same market event yields the same id."""
-        return uuid.UUID(bytes=hashlib.blake2b(self._identity().encode(), digest_size=16).digest())
-
-    def _identity(self) -> str:
-        parts: list[object]
-        if self.kind is TickKind.TRADE:
-            # Alpaca's trade ids are unique per symbol and exchange (and tape for stocks).
-            parts = [self.trade_id, self.exchange, self.tape]
-        elif self.kind is TickKind.QUOTE:
-            parts = [
-                self.bid_exchange,
-                self.bid_price,
-                self.bid_size,
-                self.ask_exchange,
-                self.ask_price,
-                self.ask_size,
-                self.conditions,
-                self.tape,
-            ]
-        elif self.kind in (TickKind.BAR, TickKind.DAILY_BAR):
-            parts = []  # one bar per symbol and period start
-        elif self.kind is TickKind.UPDATED_BAR:
-            # Each correction of a bar is its own event; the values tell them apart.
-            parts = [self.open, self.high, self.low, self.close, self.volume, self.trade_count]
-        else:
-            parts = [self.reset, self.bids, self.asks]
-        head: list[object] = [self.kind.value, self.symbol, self.ts_ns]
-        return "\x1f".join(repr(p) for p in head + parts)
+        return tick_identity(self)
 
     def price_signature(self) -> tuple[float | None, ...] | None:
         """What "the price changed" compares for this kind; ``None`` means always publish."""
@@ -191,14 +214,158 @@ class Tick(BaseModel):
         return None
 
 
-def encode_tick(tick: Tick) -> bytes:
+class TickV2(Tick):
+    """Schema version 2: a ``Tick`` plus the identity its producer computed."""
+
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    carried_id: Annotated[uuid.UUID, Field(alias="tick_id")]
+
+    @property
+    def tick_id(self) -> uuid.UUID:
+        return self.carried_id
+
+
+class TickFields(Protocol):
+    """What both decoders' results offer: the fields the identity and the row are made of."""
+
+    @property
+    def kind(self) -> TickKind: ...
+    @property
+    def asset_class(self) -> AssetClass: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def ts_ns(self) -> int: ...
+    @property
+    def received_ns(self) -> int: ...
+    @property
+    def feed(self) -> str: ...
+    @property
+    def tick_id(self) -> uuid.UUID: ...
+    @property
+    def price(self) -> float | None: ...
+    @property
+    def size(self) -> float | None: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def trade_id(self) -> int | None: ...
+    @property
+    def conditions(self) -> tuple[str, ...] | None: ...
+    @property
+    def tape(self) -> str | None: ...
+    @property
+    def taker_side(self) -> str | None: ...
+    @property
+    def bid_price(self) -> float | None: ...
+    @property
+    def bid_size(self) -> float | None: ...
+    @property
+    def bid_exchange(self) -> str | None: ...
+    @property
+    def ask_price(self) -> float | None: ...
+    @property
+    def ask_size(self) -> float | None: ...
+    @property
+    def ask_exchange(self) -> str | None: ...
+    @property
+    def open(self) -> float | None: ...
+    @property
+    def high(self) -> float | None: ...
+    @property
+    def low(self) -> float | None: ...
+    @property
+    def close(self) -> float | None: ...
+    @property
+    def volume(self) -> float | None: ...
+    @property
+    def vwap(self) -> float | None: ...
+    @property
+    def trade_count(self) -> int | None: ...
+    @property
+    def bids(self) -> Sequence[LevelFields] | None: ...
+    @property
+    def asks(self) -> Sequence[LevelFields] | None: ...
+    @property
+    def reset(self) -> bool | None: ...
+
+
+class LevelFields(Protocol):
+    @property
+    def price(self) -> float: ...
+    @property
+    def size(self) -> float: ...
+
+
+def tick_identity(tick: TickFields) -> uuid.UUID:
+    """The tick's deterministic identity: blake2b-128 of the fields that make the event.
+
+    The text hashed is exactly what version 1 always hashed (``repr`` of each part, joined by
+    U+001F), so ids stored by earlier builds stay valid.
+    """
+    kind = tick.kind
+    parts: list[object]
+    if kind is TickKind.TRADE:
+        # Alpaca's trade ids are unique per symbol and exchange (and tape for stocks).
+        parts = [tick.trade_id, tick.exchange, tick.tape]
+    elif kind is TickKind.QUOTE:
+        parts = [
+            tick.bid_exchange,
+            tick.bid_price,
+            tick.bid_size,
+            tick.ask_exchange,
+            tick.ask_price,
+            tick.ask_size,
+            tick.conditions,
+            tick.tape,
+        ]
+    elif kind in (TickKind.BAR, TickKind.DAILY_BAR):
+        parts = []  # one bar per symbol and period start
+    elif kind is TickKind.UPDATED_BAR:
+        # Each correction of a bar is its own event; the values tell them apart.
+        parts = [tick.open, tick.high, tick.low, tick.close, tick.volume, tick.trade_count]
+    else:
+        parts = [tick.reset, _LevelsRepr(tick.bids), _LevelsRepr(tick.asks)]
+    head: list[object] = [kind.value, tick.symbol, tick.ts_ns]
+    text = "\x1f".join([repr(p) for p in head + parts])
+    return uuid.UUID(bytes=hashlib.blake2b(text.encode(), digest_size=16).digest())
+
+
+class _LevelsRepr:
+    """Book levels rendered as version 1 always hashed them: the repr of a tuple of
+    ``BookLevel(price=..., size=...)``, whichever decoder made the levels."""
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, levels: Sequence[LevelFields] | None) -> None:
+        self._levels = levels
+
+    def __repr__(self) -> str:
+        if self._levels is None:
+            return "None"
+        items = [f"BookLevel(price={lv.price!r}, size={lv.size!r})" for lv in self._levels]
+        if len(items) == 1:
+            return f"({items[0]},)"
+        return f"({', '.join(items)})"
+
+
+def encode_tick(tick: Tick, version: int = SCHEMA_VERSION) -> bytes:
+    """The message value; ``version=2`` carries the identity (computed here, once)."""
+    if version == SCHEMA_VERSION_WITH_ID:
+        fields = {name: getattr(tick, name) for name in Tick.model_fields}
+        fields.update(schema_version=2, carried_id=tick.tick_id)
+        tick = TickV2.model_construct(**fields)
+    elif version != SCHEMA_VERSION:
+        raise ValueError(f"no schema version {version}; this build writes {SCHEMA_VERSIONS}")
     return tick.model_dump_json(exclude_none=True).encode()
 
 
-def kafka_headers(producer: str) -> list[tuple[str, str | bytes | None]]:
+def kafka_headers(
+    producer: str, version: int = SCHEMA_VERSION
+) -> list[tuple[str, str | bytes | None]]:
     return [
         (HEADER_CONTENT_TYPE, CONTENT_TYPE.encode()),
-        (HEADER_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),
+        (HEADER_SCHEMA_VERSION, str(version).encode()),
         (HEADER_PRODUCER, producer.encode()),
     ]
 
@@ -223,7 +390,9 @@ class TickRejected(Exception):
 
 
 # Pydantic error types that mean "well-formed but the value is impossible".
-_VALUE_ERRORS = frozenset({"finite_number", "greater_than", "greater_than_equal"})
+_VALUE_ERRORS = frozenset(
+    {"finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+)
 
 
 def decode_tick(value: bytes | None) -> Tick:
@@ -233,7 +402,21 @@ def decode_tick(value: bytes | None) -> Tick:
     try:
         return Tick.model_validate_json(value)
     except ValidationError as exc:
-        raise _classify(value, exc) from None
+        refused = exc
+    if b'"schema_version"' in value and _version_of(value) == SCHEMA_VERSION_WITH_ID:
+        try:
+            return TickV2.model_validate_json(value)
+        except ValidationError as exc:
+            refused = exc
+    raise _classify(value, refused) from None
+
+
+def _version_of(value: bytes) -> object:
+    try:
+        document = json.loads(value)
+    except ValueError:
+        return None
+    return document.get("schema_version") if isinstance(document, dict) else None
 
 
 def _classify(value: bytes, exc: ValidationError) -> TickRejected:
@@ -246,10 +429,11 @@ def _classify(value: bytes, exc: ValidationError) -> TickRejected:
         return TickRejected(RejectReason.NOT_JSON, str(json_exc))
     if not isinstance(document, dict):
         return TickRejected(RejectReason.SCHEMA_VIOLATION, "the value is not a JSON object")
-    if document.get("schema_version") not in (None, SCHEMA_VERSION):
+    if document.get("schema_version") not in (None, *SCHEMA_VERSIONS):
         return TickRejected(
             RejectReason.UNSUPPORTED_SCHEMA_VERSION,
-            f"schema_version {document.get('schema_version')!r}; this build reads {SCHEMA_VERSION}",
+            f"schema_version {document.get('schema_version')!r}; this build reads "
+            f"{', '.join(map(str, SCHEMA_VERSIONS))}",
         )
     detail = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'tick'}: {e['msg']}" for e in errors
@@ -263,7 +447,7 @@ def _has_nan(document: dict[str, Any]) -> bool:
     return any(isinstance(v, float) and not math.isfinite(v) for v in document.values())
 
 
-def check_storable(tick: Tick, key: bytes | None, now_ns: int, max_future_ns: int) -> None:
+def check_storable(tick: TickFields, key: bytes | None, now_ns: int, max_future_ns: int) -> None:
     """Rules that depend on the message's context rather than its shape."""
     if key is not None and key != tick.symbol.encode():
         raise TickRejected(
@@ -273,4 +457,130 @@ def check_storable(tick: Tick, key: bytes | None, now_ns: int, max_future_ns: in
         ahead = (tick.ts_ns - now_ns) / 1e9
         raise TickRejected(
             RejectReason.FUTURE_TIMESTAMP, f"exchange timestamp is {ahead:.1f}s in the future"
+        )
+
+
+# -- the fast decoder (msgspec): the consumer's hot path --------------------------------------
+
+_M_NonNegative = Annotated[float, msgspec.Meta(ge=0, le=_FLOAT_MAX)]
+_M_Int8 = Annotated[int, msgspec.Meta(ge=INT8_MIN, le=INT8_MAX)]
+_M_Timestamp = str | Annotated[int, msgspec.Meta(gt=0, le=INT8_MAX)]
+_M_Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_BOUNDS["symbol"])]
+_M_Feed = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_BOUNDS["feed"])]
+_M_Code = Annotated[str, msgspec.Meta(max_length=_CODE)]
+_M_Tape = Annotated[str, msgspec.Meta(max_length=TEXT_BOUNDS["tape"])]
+_M_Side = Annotated[str, msgspec.Meta(max_length=TEXT_BOUNDS["taker_side"])]
+_M_Conditions = Annotated[
+    tuple[Annotated[str, msgspec.Meta(max_length=TEXT_BOUNDS["conditions"])], ...],
+    msgspec.Meta(max_length=MAX_CONDITIONS),
+]
+_M_Levels = Annotated[tuple["FastBookLevel", ...], msgspec.Meta(max_length=MAX_BOOK_LEVELS)]
+
+
+class FastBookLevel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    price: _M_NonNegative
+    size: _M_NonNegative
+
+
+class FastTick(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    rename={"ts_ns": "ts", "received_ns": "received_at"},
+):
+    """The same tick as ``Tick``, decoded by msgspec; built only by ``decode_tick_fast``.
+
+    Not frozen only so that the decoder can fill ``tick_id`` (version 1) and the timestamps
+    (RFC 3339 text → epoch ns) after msgspec has checked the types and bounds.
+    """
+
+    kind: TickKind
+    asset_class: AssetClass
+    symbol: _M_Symbol
+    ts_ns: _M_Timestamp
+    received_ns: _M_Timestamp
+    feed: _M_Feed
+    schema_version: Literal[1, 2] = 1
+    tick_id: uuid.UUID | None = None
+    price: _M_NonNegative | None = None
+    size: _M_NonNegative | None = None
+    exchange: _M_Code | None = None
+    trade_id: _M_Int8 | None = None
+    conditions: _M_Conditions | None = None
+    tape: _M_Tape | None = None
+    taker_side: _M_Side | None = None
+    bid_price: _M_NonNegative | None = None
+    bid_size: _M_NonNegative | None = None
+    bid_exchange: _M_Code | None = None
+    ask_price: _M_NonNegative | None = None
+    ask_size: _M_NonNegative | None = None
+    ask_exchange: _M_Code | None = None
+    open: _M_NonNegative | None = None
+    high: _M_NonNegative | None = None
+    low: _M_NonNegative | None = None
+    close: _M_NonNegative | None = None
+    volume: _M_NonNegative | None = None
+    vwap: _M_NonNegative | None = None
+    trade_count: Annotated[int, msgspec.Meta(ge=0, le=INT8_MAX)] | None = None
+    bids: _M_Levels | None = None
+    asks: _M_Levels | None = None
+    reset: bool | None = None
+
+
+_FAST_DECODER: Final = msgspec.json.Decoder(FastTick)
+# A version-2 identity is the producer's word for it. One tick in this many is checked against
+# its fields (about 1/VERIFY of the hashing work version 1 costs): a producer that computes it
+# wrongly is caught within its first few hundred messages, without hashing every one.
+VERIFY_CARRIED_ID_EVERY: Final = 256
+_verify_countdown = [VERIFY_CARRIED_ID_EVERY]
+
+
+def decode_tick_fast(value: bytes | None) -> TickFields:
+    """Like ``decode_tick``, at a tenth of the cost for well-formed ticks.
+
+    Returns a ``FastTick`` when msgspec accepts the message under the rules above; anything it
+    refuses (or any form it does not handle itself) goes to ``decode_tick``, which either
+    accepts it (a ``Tick``) or raises ``TickRejected`` with the reason.
+    """
+    if not value:
+        raise TickRejected(RejectReason.EMPTY, "message has no value")
+    try:
+        tick = _FAST_DECODER.decode(value)
+    except msgspec.MsgspecError:
+        return decode_tick(value)
+    ts, received = tick.ts_ns, tick.received_ns
+    try:
+        ts_ns = parse_rfc3339_ns(ts) if isinstance(ts, str) else ts
+        received_ns = parse_rfc3339_ns(received) if isinstance(received, str) else received
+    except ValueError:
+        return decode_tick(value)
+    if not 0 < ts_ns <= INT8_MAX or not 0 < received_ns <= INT8_MAX:
+        return decode_tick(value)
+    tick.ts_ns, tick.received_ns = ts_ns, received_ns
+    for name in _REQUIRED_BY_KIND[tick.kind]:
+        if getattr(tick, name) is None:
+            return decode_tick(value)
+    carried = tick.tick_id
+    if tick.schema_version == 1:
+        if carried is not None:
+            return decode_tick(value)
+        tick.tick_id = tick_identity(cast(TickFields, tick))
+    elif carried is None:
+        return decode_tick(value)
+    else:
+        _verify_countdown[0] -= 1
+        if not _verify_countdown[0]:
+            _verify_countdown[0] = VERIFY_CARRIED_ID_EVERY
+            verify_carried_id(cast(TickFields, tick))
+    # The timestamps are ints and tick_id is set by now: the shape TickFields describes.
+    return cast(TickFields, tick)
+
+
+def verify_carried_id(tick: TickFields) -> None:
+    """``TickRejected(INVALID_VALUE)`` unless the carried ``tick_id`` matches the fields."""
+    expected = tick_identity(tick)
+    if tick.tick_id != expected:
+        raise TickRejected(
+            RejectReason.INVALID_VALUE,
+            f"tick_id {tick.tick_id} does not match the tick's fields (expected {expected}): "
+            "the producer computes identities differently from this build",
         )

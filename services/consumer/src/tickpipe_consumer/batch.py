@@ -1,7 +1,8 @@
 """Messages → batch entries: each one either a row to store or a reason to dead-letter it.
 
-Validation happens as messages arrive, so the batch in hand is always split into rows and
-rejects; the offsets a batch may commit are computed from its entries, good and bad alike,
+Validation happens as messages arrive (with the schema's fast decoder, which hands anything
+unusual to the reference decoder for its verdict), so the batch in hand is always split into
+rows and rejects; the offsets a batch may commit are computed from its entries, good and bad alike,
 because a rejected message is done once its DLQ copy is delivered.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message, TopicPartition
 
-from tickpipe_common.schema import TickRejected, check_storable, decode_tick
+from tickpipe_common.schema import TickRejected, check_storable, decode_tick_fast
 from tickpipe_consumer.rows import Row, producer_from_headers, tick_to_row
 
 PartitionKey = tuple[str, int]
@@ -48,7 +49,7 @@ def prepare(message: Message, now_ns: int, max_future_ns: int) -> Entry:
     )
     key = message.key()
     try:
-        tick = decode_tick(message.value())
+        tick = decode_tick_fast(message.value())
         check_storable(tick, key, now_ns, max_future_ns)
         entry.row = tick_to_row(tick, producer_from_headers(message.headers()))
     except TickRejected as rejected:

@@ -6,6 +6,10 @@ Order of a batch, and why it is safe:
    Each is validated on arrival: a row to store, or a reason for the DLQ.
 2. Rejected messages are sent to the DLQ (asynchronously, so delivery overlaps the write).
 3. The rows are written in one database transaction (``TickWriter``), idempotently.
+   The write runs on a worker thread while this thread reads and decodes the *next* batch
+   (kept in ``_next``), so PostgreSQL's work overlaps the consumer's own: the next batch is
+   ready when the write returns. Only one write is ever in flight, and nothing of the next
+   batch is written or committed before this one has finished.
 4. The DLQ sends are flushed: every letter acknowledged by the broker.
 5. Only then are the batch's offsets committed, synchronously.
 
@@ -21,15 +25,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.logging import get_logger
-from tickpipe_common.schema import RejectReason, TickRejected
+from tickpipe_common.schema import BAR_KINDS, RejectReason, TickRejected
 from tickpipe_consumer.batch import Entry, PartitionKey, next_offsets, prepare
 from tickpipe_consumer.dlq import DlqPublisher
-from tickpipe_consumer.metrics import INTERVAL_KINDS, ConsumerMetrics
+from tickpipe_consumer.metrics import ConsumerMetrics
+from tickpipe_consumer.rows import Row
 from tickpipe_consumer.writer import (
     RowsRejectedError,
     TickWriter,
@@ -43,6 +50,9 @@ log = get_logger(__name__)
 _POLL_SLICE_SECONDS = 0.2
 _DLQ_FLUSH_SECONDS = 2.0
 _PROGRESS_LOG_SECONDS = 60.0
+# While a write is in flight: how long one read of the next batch may block, so the end of
+# the write is noticed within this.
+_PREFETCH_SLICE_SECONDS = 0.005
 
 
 class ConsumerLoop:
@@ -92,6 +102,8 @@ class ConsumerLoop:
         self._next_housekeeping = now + housekeeping_seconds
         self._next_progress_log = now + _PROGRESS_LOG_SECONDS
         self._progress = {"batches": 0, "messages": 0, "inserted": 0, "duplicates": 0, "dlq": 0}
+        # The one thread database writes run on (see step 3 above).
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-write")
         self._refresh_ready()
 
     # -- rebalance callbacks: librdkafka calls them from inside poll(), consume(), close() --
@@ -204,6 +216,7 @@ class ConsumerLoop:
             self._process()
         if self._to_commit:  # a commit refused mid-rebalance: one more try before leaving
             self._commit_stored()
+        self._write_thread.shutdown(wait=True)
         self._metrics.ready.set(0)
         log.info("consumer_loop_stopped", **self._progress)
 
@@ -220,17 +233,26 @@ class ConsumerLoop:
                     break
                 timeout = min(left, _POLL_SLICE_SECONDS)
             messages = self._consumer.consume(self._max_messages - len(self._held), timeout)
-            for message in messages:
-                # Re-read self._held each time: a revoke inside consume() replaces it.
-                entry = self._receive(message)
-                if entry is not None:
-                    self._held.append(entry)
+            # Re-read self._held after consume(): a revoke inside it replaces the list.
+            self._held.extend(self._receive_all(messages))
             if first_at is None:
                 if not self._held:
                     return  # idle: give housekeeping its turn
                 first_at = time.monotonic()
 
-    def _receive(self, message: Message) -> Entry | None:
+    def _receive_all(self, messages: Sequence[Message]) -> list[Entry]:
+        if not messages:
+            return []
+        now_ns = time.time_ns()
+        entries = []
+        for message in messages:
+            entry = self._receive(message, now_ns)
+            if entry is not None:
+                entries.append(entry)
+        self._metrics.messages_consumed.inc(len(entries))
+        return entries
+
+    def _receive(self, message: Message, now_ns: int) -> Entry | None:
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
@@ -242,8 +264,7 @@ class ConsumerLoop:
         if (message.topic(), message.partition()) not in self._assigned:
             # Fetched just before its partition was revoked: the new owner reads it.
             return None
-        self._metrics.messages_consumed.inc()
-        return prepare(message, time.time_ns(), self._max_future_ns)
+        return prepare(message, now_ns, self._max_future_ns)
 
     def _process(self) -> None:
         batch = self._held
@@ -277,7 +298,7 @@ class ConsumerLoop:
             if not live:
                 return True
             try:
-                result = self._writer.write([e.row for e in live if e.row is not None])
+                result = self._write_overlapped([e.row for e in live if e.row is not None])
             except RowsRejectedError as exc:
                 self._metrics.db_errors.inc()
                 self._set_db(True)
@@ -326,22 +347,47 @@ class ConsumerLoop:
         half = len(live) // 2
         return self._store(live[:half]) and self._store(live[half:])
 
+    def _write_overlapped(self, rows: list[Row]) -> WriteResult:
+        """The write on the worker thread; meanwhile, read and decode the next batch."""
+        future = self._write_thread.submit(self._writer.write, rows)
+        self._prefetch_until(future)
+        return future.result()  # the writer's exception, if it raised one
+
+    def _prefetch_until(self, future: Future[WriteResult]) -> None:
+        while not future.done():
+            room = self._max_messages - len(self._next)
+            if room <= 0 or self._paused or self._stop.is_set():
+                # Enough in hand (memory stays bounded), or nothing should be read now:
+                # just wait. A write is bounded by the statement timeout, far below the
+                # group's max.poll.interval.ms.
+                with contextlib.suppress(TimeoutError):
+                    future.exception(timeout=_POLL_SLICE_SECONDS)
+                continue
+            messages = self._consumer.consume(room, _PREFETCH_SLICE_SECONDS)
+            self._next.extend(self._receive_all(messages))
+
     def _record(self, rows: int, result: WriteResult) -> None:
         inserted = result.inserted
         self._metrics.batch_commit_seconds.observe(result.seconds)
-        for kind, count in result.inserted_by_kind.items():
-            self._metrics.rows_inserted.labels(kind=kind).inc(count)
+        latency = self._metrics.end_to_end_latency
+        for kind, tally in result.by_kind.items():
+            self._metrics.rows_inserted.labels(kind=kind).inc(tally.inserted)
+            if kind in BAR_KINDS:
+                continue
+            for ts_ns in tally.sample_ts_ns:
+                latency.observe(max(0.0, (result.committed_at_ns - ts_ns) / 1e9))
         duplicates = rows - inserted
         if duplicates:
             self._metrics.duplicates_skipped.inc(duplicates)
-        latency = self._metrics.end_to_end_latency
-        kinds = result.inserted_kinds or ("",) * len(result.inserted_ts_ns)
-        for kind, ts_ns in zip(kinds, result.inserted_ts_ns, strict=True):
-            if kind not in INTERVAL_KINDS:
-                latency.observe(max(0.0, (result.committed_at_ns - ts_ns) / 1e9))
         self._progress["inserted"] += inserted
         self._progress["duplicates"] += duplicates
-        log.debug("batch_stored", rows=rows, inserted=inserted, seconds=round(result.seconds, 4))
+        log.debug(
+            "batch_stored",
+            rows=rows,
+            inserted=inserted,
+            path=result.path,
+            seconds=round(result.seconds, 4),
+        )
 
     def _deliver_dlq(self) -> bool:
         """Wait until every DLQ letter is acknowledged; False only when giving up at stop."""
@@ -442,9 +488,7 @@ class ConsumerLoop:
             if self._repause:
                 self._pause()
             if message is not None:
-                entry = self._receive(message)
-                if entry is not None:
-                    self._next.append(entry)
+                self._next.extend(self._receive_all([message]))
 
     def _shutdown_deadline(self) -> float:
         if self._deadline is None:

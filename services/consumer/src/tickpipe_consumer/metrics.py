@@ -9,10 +9,6 @@ from tickpipe_common.schema import RejectReason
 from tickpipe_common.service_metrics import ReadyGauge, register_service_info
 
 COMPONENT = "consumer"
-# Kinds whose exchange timestamp is the start of an interval (a bar's minute or day), not
-# the moment of an event: their "latency" is the interval's length, so the end-to-end
-# histogram leaves them out.
-INTERVAL_KINDS = frozenset({"bar", "updated_bar", "daily_bar"})
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000)
 _COMMIT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -64,9 +60,9 @@ class ConsumerMetrics:
         )
         self.end_to_end_latency = Histogram(
             "tickpipe_consumer_end_to_end_latency_seconds",
-            "Exchange timestamp of a tick to the commit of the transaction that stored it "
-            "(trades, quotes, order books; bars are left out, their timestamp is the start "
-            "of their interval).",
+            "Exchange timestamp of a tick to the commit of the transaction that stored it, "
+            "observed on a sample of each batch's inserted rows (trades, quotes, order books; "
+            "bars are left out, their timestamp is the start of their interval).",
             buckets=_LATENCY_SECONDS,
             registry=registry,
         )

@@ -1,17 +1,27 @@
 """Tick → the tuple one ``market_ticks`` row is copied from, in the column order of the COPY.
 
-This is also the last check before the database: a value PostgreSQL would refuse (a NUL
-character in text, an integer wider than ``bigint``, a time ``timestamptz`` cannot hold) is
-rejected here, per message, so that one bad tick can never fail the batch it travels in.
+This is also the last check before the database: a value PostgreSQL would refuse that the
+schema itself lets through (a NUL character in text, which JSON allows) is rejected here, per
+message, so that one bad tick can never fail the batch it travels in. (Integers wider than
+``bigint`` and timestamps beyond ``timestamptz`` are refused by the schema already.)
+
+Both decoders' results (``Tick`` and ``FastTick``) come in as ``TickFields``; this runs once
+per message on the hot path, so it is straight-line attribute reads, no loops over columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
-from tickpipe_common.schema import HEADER_PRODUCER, BookLevel, RejectReason, Tick, TickRejected
+from tickpipe_common.schema import (
+    HEADER_PRODUCER,
+    LevelFields,
+    RejectReason,
+    TickFields,
+    TickRejected,
+)
 from tickpipe_common.timestamps import ns_to_datetime
 
 # (column, PostgreSQL type for the binary COPY). ``ingested_at`` is missing on purpose: the
@@ -55,7 +65,6 @@ COLUMN_TYPES: Final = tuple(pg_type for _, pg_type in COLUMNS)
 
 Row = tuple[object, ...]
 
-_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 _MAX_PRODUCER_CHARS = 128
 
 # Kafka headers as confluent-kafka types them: (name, value) pairs or a mapping. A consumed
@@ -81,12 +90,12 @@ def producer_from_headers(headers: Headers | None) -> str | None:
     return None
 
 
-def tick_to_row(tick: Tick, producer: str | None) -> Row:
+def tick_to_row(tick: TickFields, producer: str | None) -> Row:
     """The row for ``tick``; ``TickRejected(INVALID_VALUE)`` if PostgreSQL could not store it."""
     row: Row = (
         tick.tick_id,
         _timestamp(tick.ts_ns, "ts"),
-        _int8(tick.ts_ns, "ts"),
+        tick.ts_ns,
         _timestamp(tick.received_ns, "received_at"),
         tick.kind.value,
         tick.asset_class.value,
@@ -95,7 +104,7 @@ def tick_to_row(tick: Tick, producer: str | None) -> Row:
         tick.price,
         tick.size,
         _text(tick.exchange, "exchange"),
-        _int8(tick.trade_id, "trade_id"),
+        tick.trade_id,
         None if tick.conditions is None else [_text(c, "conditions") for c in tick.conditions],
         _text(tick.tape, "tape"),
         _text(tick.taker_side, "taker_side"),
@@ -111,7 +120,7 @@ def tick_to_row(tick: Tick, producer: str | None) -> Row:
         tick.close,
         tick.volume,
         tick.vwap,
-        _int8(tick.trade_count, "trade_count"),
+        tick.trade_count,
         _levels(tick.bids),
         _levels(tick.asks),
         tick.reset,
@@ -120,7 +129,7 @@ def tick_to_row(tick: Tick, producer: str | None) -> Row:
     return row
 
 
-def _levels(levels: tuple[BookLevel, ...] | None) -> list[dict[str, float]] | None:
+def _levels(levels: Sequence[LevelFields] | None) -> list[dict[str, float]] | None:
     # Stored as [{"price": p, "size": s}, ...], the schema's own field names, in the order the
     # feed sent them. The jsonb dumper writes floats with repr(), which round-trips exactly.
     if levels is None:
@@ -134,14 +143,8 @@ def _reject(field: str, problem: str) -> TickRejected:
 
 def _text(value: str | None, field: str) -> str | None:
     # PostgreSQL text cannot hold U+0000; JSON can ("\u0000"), so it must be caught here.
-    if value is not None and "\x00" in value:
+    if value and "\x00" in value:
         raise _reject(field, "contains a NUL character, which PostgreSQL text cannot store")
-    return value
-
-
-def _int8(value: int | None, field: str) -> int | None:
-    if value is not None and not _INT8_MIN <= value <= _INT8_MAX:
-        raise _reject(field, f"{value} does not fit a 64-bit integer")
     return value
 
 

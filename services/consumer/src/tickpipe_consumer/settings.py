@@ -5,9 +5,10 @@ Every field has a description because the README's settings table is written fro
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from tickpipe_common.settings import CommonSettings, DatabaseSettings, KafkaSettings
+from tickpipe_consumer.db import check_dsn
 
 
 class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
@@ -74,6 +75,14 @@ class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
         description="On SIGTERM, how long to keep retrying the batch in hand before giving up "
         "(its offsets stay uncommitted, so it is read again after the restart).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_dsn(cls, value: SecretStr) -> SecretStr:
+        # Caught here, as a configuration error (exit 2 naming DATABASE_URL), rather than as
+        # a psycopg traceback at the first connection attempt.
+        check_dsn(value.get_secret_value())
+        return value
 
     @field_validator("kafka_dlq_topic", mode="before")
     @classmethod

@@ -1,10 +1,25 @@
-"""One batch of rows → ``market_ticks`` in one transaction, idempotently.
+"""One batch of rows → ``market_ticks`` in one transaction, idempotently, at COPY speed.
 
-COPY (binary) into a per-connection temporary staging table, then one
-``INSERT … SELECT … ON CONFLICT DO NOTHING``: the fast bulk path of COPY with the
-idempotence of the primary key (symbol, ts, tick_id). A tick already stored, or present
-twice in the same batch, is skipped rather than failing the batch (for DO NOTHING,
-PostgreSQL checks each row against the rows the same statement already inserted).
+Two paths, chosen per batch:
+
+- **optimistic** (the common case: new ticks): one binary ``COPY`` straight into
+  ``market_ticks``. Nothing else is as fast; the primary key (symbol, ts, tick_id) still
+  guards idempotence, because a tick already stored makes the COPY fail with a unique
+  violation, which rolls the whole transaction back — nothing is half-written.
+- **staging** (after such a conflict: a replay, a redelivery after a crash, a tick twice in
+  one batch): COPY into a per-connection temporary table, then one
+  ``INSERT … SELECT … ON CONFLICT DO NOTHING``, which skips what is stored (for DO NOTHING,
+  PostgreSQL also checks each row against those the same statement inserted). Its RETURNING
+  rows say which ticks were new; this path is for duplicates, so their cost is not the
+  common case's.
+
+A conflict switches the writer to the staging path until a batch goes through it without a
+single duplicate; then it tries the optimistic path again. A replay therefore pays one failed
+COPY, not one per batch.
+
+Nothing per row happens after the write on the optimistic path: inserted counts per kind come
+from the rows themselves, and the end-to-end latency is observed on a sample of them
+(``LATENCY_SAMPLE``), not on every row.
 
 Errors are sorted into two kinds the caller treats differently:
 ``TransientDatabaseError`` (the database is unreachable, restarting, timing out: retry the
@@ -18,20 +33,28 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from tickpipe_common.logging import get_logger
+from tickpipe_consumer.db import connect
 from tickpipe_consumer.rows import COLUMN_NAMES, COLUMN_TYPES, Row
 
 log = get_logger(__name__)
 
 STAGING_TABLE = "market_ticks_staging"
+# At most this many inserted rows per batch feed the end-to-end latency histogram.
+LATENCY_SAMPLE = 64
 
+_KIND = COLUMN_NAMES.index("kind")
+_TS_NS = COLUMN_NAMES.index("ts_ns")
 _COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMN_NAMES)
+_KIND_TS = itemgetter(_KIND, _TS_NS)
+_FIRST = itemgetter(0)
 
 # LIKE copies the columns and NOT NULLs but no keys: the staging table accepts in-batch
 # duplicates, which the INSERT then folds. ON COMMIT DELETE ROWS empties it at every commit,
@@ -42,7 +65,8 @@ _CREATE_STAGING = sql.SQL(
     "ON COMMIT DELETE ROWS"
 ).format(sql.Identifier(STAGING_TABLE))
 
-_COPY = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+_COPY_DIRECT = sql.SQL("COPY market_ticks ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
+_COPY_STAGING = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.Identifier(STAGING_TABLE), _COLUMNS
 )
 
@@ -63,17 +87,35 @@ class RowsRejectedError(Exception):
     """The database refused the data itself; the same rows will fail again."""
 
 
+@dataclass(slots=True)
+class KindTally:
+    """Rows of one kind newly inserted by a batch, and a sample of their exchange times."""
+
+    inserted: int = 0
+    sample_ts_ns: list[int] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class WriteResult:
-    inserted_by_kind: dict[str, int]
-    inserted_ts_ns: list[int]  # exchange time of each inserted row
+    by_kind: dict[str, KindTally]
     committed_at_ns: int
     seconds: float
-    inserted_kinds: tuple[str, ...] = ()  # kind of each inserted row (as inserted_ts_ns)
+    path: str  # "copy" (optimistic) or "staging"
 
     @property
     def inserted(self) -> int:
-        return sum(self.inserted_by_kind.values())
+        return sum(tally.inserted for tally in self.by_kind.values())
+
+
+def tally(inserted: Sequence[tuple[Any, Any]]) -> dict[str, KindTally]:
+    """(kind, ts_ns) of each inserted row → per kind: how many, and an evenly spaced sample
+    of at most about ``LATENCY_SAMPLE`` exchange times in all."""
+    by_kind: dict[str, KindTally] = {}
+    for kind, count in Counter(map(_FIRST, inserted)).items():
+        by_kind[str(kind)] = KindTally(count)
+    for kind, ts_ns in inserted[:: max(1, len(inserted) // LATENCY_SAMPLE)]:
+        by_kind[str(kind)].sample_ts_ns.append(int(ts_ns))
+    return by_kind
 
 
 class TickWriter:
@@ -91,6 +133,7 @@ class TickWriter:
         self._statement_timeout_ms = statement_timeout_seconds * 1000
         self._application_name = application_name
         self._conn: psycopg.Connection[Any] | None = None
+        self._optimistic = True
 
     @property
     def connected(self) -> bool:
@@ -101,13 +144,20 @@ class TickWriter:
         conn = self._connection()
         started = time.perf_counter()
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(_COPY) as copy:
-                    copy.set_types(list(COLUMN_TYPES))
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(_INSERT)
-                inserted = cur.fetchall()
+            if self._optimistic:
+                try:
+                    by_kind = self._copy_direct(conn, rows)
+                    path = "copy"
+                except psycopg.errors.UniqueViolation:
+                    # Rolled back whole: nothing of the batch is stored. Take the slow path,
+                    # and stay on it while batches keep meeting stored ticks.
+                    self._optimistic = False
+                    log.info("write_path_staging", why="a tick in the batch is stored already")
+            if not self._optimistic:
+                by_kind, all_new = self._copy_staging(conn, rows)
+                path = "staging"
+                if all_new:
+                    self._optimistic = True
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             # The transaction block has rolled back; the connection itself is fine.
             raise RowsRejectedError(_describe(exc)) from exc
@@ -117,12 +167,32 @@ class TickWriter:
             self._discard()
             raise TransientDatabaseError(_describe(exc)) from exc
         return WriteResult(
-            inserted_by_kind=dict(Counter(str(kind) for kind, _ in inserted)),
-            inserted_ts_ns=[int(ts_ns) for _, ts_ns in inserted],
+            by_kind=by_kind,
             committed_at_ns=time.time_ns(),
             seconds=time.perf_counter() - started,
-            inserted_kinds=tuple(str(kind) for kind, _ in inserted),
+            path=path,
         )
+
+    def _copy_direct(
+        self, conn: psycopg.Connection[Any], rows: Sequence[Row]
+    ) -> dict[str, KindTally]:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_DIRECT) as copy:
+            copy.set_types(list(COLUMN_TYPES))
+            for row in rows:
+                copy.write_row(row)
+        return tally(list(map(_KIND_TS, rows)))
+
+    def _copy_staging(
+        self, conn: psycopg.Connection[Any], rows: Sequence[Row]
+    ) -> tuple[dict[str, KindTally], bool]:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(_COPY_STAGING) as copy:
+                copy.set_types(list(COLUMN_TYPES))
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(_INSERT)
+            inserted = cur.fetchall()
+        return tally(inserted), len(inserted) == len(rows)
 
     def ping(self) -> None:
         """Raise ``TransientDatabaseError`` unless the database answers a trivial query."""
@@ -140,17 +210,10 @@ class TickWriter:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = psycopg.connect(
+            conn = connect(
                 self._dsn,
-                autocommit=True,  # transactions are explicit: conn.transaction()
                 connect_timeout=self._connect_timeout,
                 application_name=self._application_name,
-                # Notice a silently dead peer (a network partition, a killed VM) in seconds,
-                # instead of waiting on a socket that will never answer.
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise TransientDatabaseError(_describe(exc)) from exc
