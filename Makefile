@@ -16,7 +16,7 @@ PACKAGES := -e libs/common -e services/producer-stocks -e services/producer-cryp
             -e services/consumer -e services/market-sim \
             -e tools/localstack -e tools/status
 
-.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench bench-producer
+.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench bench-write-path bench-producer bench-consumer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -78,11 +78,16 @@ lint: venv ## ruff and mypy (strict)
 test: venv tools stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest
 
-bench: venv stack-up ## benchmark the consumer's write path against hand-written alternatives
+bench: bench-write-path bench-producer bench-consumer ## every benchmark mode
+
+bench-write-path: venv stack-up ## the consumer's write step alone against hand-written alternatives
 	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/write_path.py
 
 bench-producer: venv stack-up ## one producer process at firehose rates, this tree vs main (ARGS=... for bench/producer.py)
 	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/producer.py $(ARGS)
+
+bench-consumer: venv stack-up ## the consumer end to end (Kafka → table) vs baselines and the COPY ceiling; ARGS=... for bench/drain.py
+	set -a; source <($(STACK) env); set +a; $(BIN)/python bench/drain.py $(ARGS)
 
 unit: venv ## unit tests only (no services needed)
 	$(BIN)/pytest tests/unit

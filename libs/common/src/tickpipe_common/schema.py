@@ -326,7 +326,7 @@ def tick_identity(tick: TickFields) -> uuid.UUID:
         parts = [tick.open, tick.high, tick.low, tick.close, tick.volume, tick.trade_count]
     else:
         parts = [tick.reset, _LevelsRepr(tick.bids), _LevelsRepr(tick.asks)]
-    head: list[object] = [kind.value, tick.symbol, tick.ts_ns]
+    head: list[object] = [str(kind), tick.symbol, tick.ts_ns]
     text = "\x1f".join([repr(p) for p in head + parts])
     return uuid.UUID(bytes=hashlib.blake2b(text.encode(), digest_size=16).digest())
 

@@ -28,6 +28,7 @@ from tickpipe_common.health import HealthServer
 from tickpipe_common.kafka_config import consumer_config, masked, producer_config
 from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, configure_logging, get_logger
 from tickpipe_common.settings import load_settings
+from tickpipe_consumer.db import connect
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.loop import ConsumerLoop
 from tickpipe_consumer.metrics import ConsumerMetrics
@@ -186,9 +187,8 @@ class _SchemaMissingError(Exception):
 
 
 def _connect(settings: ConsumerSettings) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(
+    conn = connect(
         settings.database_url.get_secret_value(),
-        autocommit=True,
         connect_timeout=settings.db_connect_timeout_seconds,
         application_name=f"{SERVICE}-migrate",
     )

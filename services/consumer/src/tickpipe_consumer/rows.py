@@ -97,8 +97,8 @@ def tick_to_row(tick: TickFields, producer: str | None) -> Row:
         _timestamp(tick.ts_ns, "ts"),
         tick.ts_ns,
         _timestamp(tick.received_ns, "received_at"),
-        tick.kind.value,
-        tick.asset_class.value,
+        str(tick.kind),  # a StrEnum: str() is its value, and cheaper than .value
+        str(tick.asset_class),
         _text(tick.symbol, "symbol"),
         _text(tick.feed, "feed"),
         tick.price,
