@@ -72,12 +72,17 @@ class FakeConsumer:
         self.resumed: list[int] = []
         self.on_poll: Callable[[], None] | None = None
         self.refuse_commits = 0
+        self.cached_high = -1
+        self.read_up_to: dict[int, int] = {}
+        self.broker_high = -1
 
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
         if not self.queue:
             self.stop.set()  # the test's input is exhausted: ask for a clean stop
             return []
         taken, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        for m in taken:
+            self.read_up_to[cast(int, m.partition())] = cast(int, m.offset()) + 1
         return taken
 
     def poll(self, timeout: float) -> Message | None:
@@ -101,10 +106,17 @@ class FakeConsumer:
         self.resumed.extend(tp.partition for tp in partitions)
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        return partitions
+        return [
+            TopicPartition(tp.topic, tp.partition, self.read_up_to.get(tp.partition, -1001))
+            for tp in partitions
+        ]
 
-    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
-        return (0, -1)
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        # Like librdkafka: the cached watermark is the one the last fetch brought, which stops
+        # moving while the partition is paused; asking the broker gives the real one.
+        return (0, self.cached_high if cached else self.broker_high)
 
 
 class FakeWriter:
@@ -321,3 +333,26 @@ def test_not_ready_before_joining() -> None:
     ready, details = loop.readiness()
     assert ready is False
     assert details["kafka_joined"] is False
+
+
+def test_lag_keeps_growing_while_paused_for_a_database_outage() -> None:
+    messages = [_message(0, o) for o in range(4)]
+    loop, consumer, writer, _, registry = _loop(messages, partitions=(0,))
+    loop._housekeeping_seconds = loop._next_lag_update = 0.0  # update the gauge at every chance
+    writer.transient_failures = 10**6  # the database stays down
+    consumer.cached_high = 4  # frozen: no fetch while paused
+    seen: list[float | None] = []
+
+    def producers_keep_writing() -> None:
+        consumer.broker_high += 10 if consumer.broker_high >= 0 else 11
+        seen.append(registry.get_sample_value("tickpipe_consumer_lag_messages", {"partition": "0"}))
+        if len(seen) > 20:
+            writer.transient_failures = 0  # the database is back
+
+    consumer.on_poll = producers_keep_writing
+    _run(loop)
+    lags = [v for v in seen if v is not None]
+    assert len(lags) >= 3
+    # Growing with the broker's watermark, not stuck at the cached 4.
+    assert lags[-1] > lags[0] > 4
+    assert lags == sorted(lags)

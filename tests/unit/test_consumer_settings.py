@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from tickpipe_common.settings import load_settings
-from tickpipe_consumer.settings import ConsumerSettings
+from tickpipe_consumer.migrations import load_migrations
+from tickpipe_consumer.settings import BARS_REFRESH_DAYS, MIN_RETENTION_DAYS, ConsumerSettings
 
 _OURS = (
     "KAFKA_GROUP_ID",
@@ -76,6 +78,8 @@ def test_every_field_is_described() -> None:
         ("MAX_FUTURE_SECONDS", "-5"),
         ("APPLY_MIGRATIONS", "perhaps"),
         ("RETENTION_DAYS", "-1"),
+        ("RETENTION_DAYS", "7"),  # shorter than the 1-minute bars' refresh window
+        ("DATABASE_URL", "not-a-url"),
         ("KAFKA_DLQ_TOPIC", "market_ticks"),
         ("DB_RETRY_MAX_SECONDS", "0.1"),
     ],
@@ -107,6 +111,29 @@ def test_cli_exits_2_on_bad_setting() -> None:
     result = _run_cli({"BATCH_MAX_SECONDS": "soon"})
     assert result.returncode == 2, result.stderr
     assert "BATCH_MAX_SECONDS" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "migrate"])
+def test_cli_exits_2_naming_database_url_that_is_not_one(command: str) -> None:
+    result = _run_cli({"DATABASE_URL": "not-a-url"}, command)
+    assert result.returncode == 2, result.stderr
+    assert "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_database_url_is_not_echoed() -> None:
+    # libpq's own parse error quotes the string, which may hold a password.
+    result = _run_cli({"DATABASE_URL": "user:s3cret@somewhere"})
+    assert result.returncode == 2, result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_retention_outlives_the_bars_refresh_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTION_DAYS", str(MIN_RETENTION_DAYS))
+    assert ConsumerSettings().retention_days == MIN_RETENTION_DAYS
+    refresh = re.search(r"start_offset => INTERVAL '(\d+) days'", load_migrations()[2].sql.decode())
+    assert refresh is not None
+    assert int(refresh.group(1)) == BARS_REFRESH_DAYS == MIN_RETENTION_DAYS - 1
 
 
 def test_cli_exits_2_on_inconsistent_kafka_security() -> None:

@@ -53,6 +53,10 @@ _PROGRESS_LOG_SECONDS = 60.0
 # While a write is in flight: how long one read of the next batch may block, so the end of
 # the write is noticed within this.
 _PREFETCH_SLICE_SECONDS = 0.005
+# While paused, the lag gauge asks the brokers for the high watermarks: per partition at most
+# this long, and for all of them together at most the budget (then the cached values).
+_LAG_QUERY_SECONDS = 1.0
+_LAG_QUERY_BUDGET_SECONDS = 2.0
 
 
 class ConsumerLoop:
@@ -100,6 +104,7 @@ class ConsumerLoop:
         now = time.monotonic()
         self._last_db_success = now
         self._next_housekeeping = now + housekeeping_seconds
+        self._next_lag_update = now + housekeeping_seconds
         self._next_progress_log = now + _PROGRESS_LOG_SECONDS
         self._progress = {"batches": 0, "messages": 0, "inserted": 0, "duplicates": 0, "dlq": 0}
         # The one thread database writes run on (see step 3 above).
@@ -487,6 +492,10 @@ class ConsumerLoop:
             message = self._consumer.poll(min(left, _POLL_SLICE_SECONDS))
             if self._repause:
                 self._pause()
+            if time.monotonic() >= self._next_lag_update:
+                # A retry can last the whole outage: the lag gauge must keep moving through
+                # it, since "lag growing" is how an outage shows on the dashboards.
+                self._update_lag()
             if message is not None:
                 self._next.extend(self._receive_all([message]))
 
@@ -507,7 +516,8 @@ class ConsumerLoop:
         self._next_housekeeping = now + self._housekeeping_seconds
         if self._to_commit:
             self._commit_stored()
-        self._update_lag()
+        if now >= self._next_lag_update:
+            self._update_lag()
         if now - self._last_db_success >= self._housekeeping_seconds:
             # Idle: no write has proved the database alive lately, so ask it directly; the
             # readiness probe should not report a dead database as fine.
@@ -527,6 +537,7 @@ class ConsumerLoop:
             log.info("consumer_progress", assigned=len(self._assigned), **self._progress)
 
     def _update_lag(self) -> None:
+        self._next_lag_update = time.monotonic() + self._housekeeping_seconds
         keys = sorted(self._assigned)
         if not keys:
             return
@@ -535,9 +546,19 @@ class ConsumerLoop:
         except KafkaException:
             positions = []
         position = {(tp.topic, tp.partition): tp.offset for tp in positions}
+        # The cached high watermarks come with fetch responses, so they stop moving while the
+        # partitions are paused: then ask the brokers instead, within a bounded time.
+        ask_until = time.monotonic() + _LAG_QUERY_BUDGET_SECONDS if self._paused else None
         for key in keys:
             try:
-                _low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+                if ask_until is not None and time.monotonic() < ask_until:
+                    _low, high = self._consumer.get_watermark_offsets(
+                        TopicPartition(*key), timeout=_LAG_QUERY_SECONDS, cached=False
+                    )
+                else:
+                    _low, high = self._consumer.get_watermark_offsets(
+                        TopicPartition(*key), cached=True
+                    )
             except KafkaException:
                 continue
             # Lag counts from the last commit (messages not yet safely stored); before the

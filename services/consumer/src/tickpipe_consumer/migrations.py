@@ -6,6 +6,13 @@ under a PostgreSQL advisory lock, so replicas starting together apply each file 
 while the others wait. The files are idempotent as well, so a half-recorded history (a
 restored backup, a hand-run file) is harmless.
 
+The TimescaleDB steps (0002 hypertable, 0003 continuous aggregate) do nothing on a server
+without the extension, and are recorded as applied all the same. So that such a database still
+becomes a hypertable once TimescaleDB is there (installed and preloaded later), every run
+checks: extension available and ``market_ticks`` not a hypertable → the two files run again
+(they are idempotent; the rows are kept, the plain view is replaced by the aggregate), and the
+outcome is logged as ``timescaledb_upgrade``.
+
 Runtime policy that follows configuration (TimescaleDB retention) is applied separately on
 every start, by ``apply_retention``, because a changed setting must not need a new file.
 """
@@ -100,10 +107,42 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
                 )
             log.info("migration_applied", migration=label)
             applied_now.append(label)
+        applied_now += _upgrade_to_timescaledb(conn)
     finally:
         if not conn.closed:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return applied_now
+
+
+_TIMESCALEDB_STEPS = (2, 3)  # the files that only act when TimescaleDB is there
+
+
+def _upgrade_to_timescaledb(conn: psycopg.Connection[Any]) -> list[str]:
+    """Re-run the TimescaleDB steps on a database that was migrated without the extension."""
+    available = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    if available is None or database_features(conn)["hypertable"]:
+        return []  # plain PostgreSQL for good, or upgraded already
+    steps = [m for m in load_migrations() if m.version in _TIMESCALEDB_STEPS]
+    with conn.transaction():
+        for migration in steps:
+            conn.execute(migration.sql)
+    if not database_features(conn)["hypertable"]:
+        log.warning(
+            "timescaledb_upgrade",
+            upgraded=False,
+            why="TimescaleDB is installed but could not be used (see the database_notice "
+            "lines); market_ticks stays a plain table, and the next start tries again",
+        )
+        return []
+    log.info(
+        "timescaledb_upgrade",
+        upgraded=True,
+        why="market_ticks is now a hypertable, its rows kept; market_bars_1m is a continuous "
+        "aggregate",
+    )
+    return [f"{m.version:04d}_{m.name} (timescaledb upgrade)" for m in steps]
 
 
 def database_features(conn: psycopg.Connection[Any]) -> dict[str, object]:

@@ -10,6 +10,13 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from tickpipe_common.settings import CommonSettings, DatabaseSettings, KafkaSettings
 from tickpipe_consumer.db import check_dsn
 
+# The continuous aggregate's refresh window (start_offset in migrations/0003_market_bars_1m.sql):
+# every refresh recomputes the buckets of the last BARS_REFRESH_DAYS days from the raw ticks.
+BARS_REFRESH_DAYS = 7
+# Raw ticks must outlive that window, or a refresh would recompute (and so erase) the bars of
+# the range retention dropped: one day more than the window.
+MIN_RETENTION_DAYS = BARS_REFRESH_DAYS + 1
+
 
 class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
     kafka_group_id: str = Field(
@@ -67,7 +74,9 @@ class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
     retention_days: int = Field(
         0,
         ge=0,
-        description="TimescaleDB only: drop raw ticks older than this many days; 0 keeps all.",
+        description="TimescaleDB only: drop raw ticks older than this many days; 0 keeps all. "
+        f"At least {MIN_RETENTION_DAYS}: market_bars_1m re-materialises the last "
+        f"{BARS_REFRESH_DAYS} days, and buckets whose ticks are gone would be emptied.",
     )
     shutdown_timeout_seconds: float = Field(
         10.0,
@@ -82,6 +91,17 @@ class ConsumerSettings(CommonSettings, KafkaSettings, DatabaseSettings):
         # Caught here, as a configuration error (exit 2 naming DATABASE_URL), rather than as
         # a psycopg traceback at the first connection attempt.
         check_dsn(value.get_secret_value())
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_outlives_bar_refresh(cls, value: int) -> int:
+        if 0 < value < MIN_RETENTION_DAYS:
+            raise ValueError(
+                f"must be 0 (keep every tick) or at least {MIN_RETENTION_DAYS}: the 1-minute "
+                f"bars are refreshed from the raw ticks of the last {BARS_REFRESH_DAYS} days, "
+                "so a shorter retention would erase the bars of the dropped days"
+            )
         return value
 
     @field_validator("kafka_dlq_topic", mode="before")

@@ -15,6 +15,18 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Installed but not preloaded: CREATE EXTENSION would fail in a way no exception block
+    -- here can catch (TimescaleDB refuses to load outside shared_preload_libraries), so check
+    -- first. An extension already created was preloaded when it was, and is left alone.
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+       AND NOT 'timescaledb' = ANY (string_to_array(
+           replace(coalesce(current_setting('shared_preload_libraries', true), ''), ' ', ''),
+           ','))
+    THEN
+        RAISE WARNING 'timescaledb is installed but not in shared_preload_libraries (add it and restart PostgreSQL, then run migrate again): market_ticks stays a plain table';
+        RETURN;
+    END IF;
+
     BEGIN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
     EXCEPTION WHEN OTHERS THEN
