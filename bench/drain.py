@@ -280,8 +280,12 @@ def drain_processes(
     with psycopg.connect(setup.dsn, autocommit=True) as conn:
         pg0, kafka0 = setup.cpu.postgres(), setup.cpu.kafka()
         started = time.perf_counter()
+        # Logs to a file, never a pipe nobody reads (a full pipe would stall the consumer).
+        log_path = REPO / "bench" / "results" / f"{method}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
         procs = [
-            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
             for command in commands
         ]
         try:
@@ -299,7 +303,7 @@ def drain_processes(
         except SystemExit:
             for p in procs:
                 p.kill()
-                sys.stderr.write((p.communicate()[1] or b"").decode()[-3000:])
+            sys.stderr.write(f"the consumer's output is in {log_path}\n")
             raise
         finally:
             for p in procs:
@@ -311,6 +315,7 @@ def drain_processes(
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+            log_file.close()
     return Drain(
         method,
         expected,

@@ -7,8 +7,17 @@ from datetime import UTC, datetime
 from importlib import resources
 
 import pytest
+from confluent_kafka import Message
 
-from tickpipe_common.schema import AssetClass, RejectReason, Tick, TickKind, TickRejected
+from tickpipe_common.schema import (
+    AssetClass,
+    RejectReason,
+    Tick,
+    TickKind,
+    TickRejected,
+    encode_tick,
+)
+from tickpipe_consumer.batch import prepare
 from tickpipe_consumer.migrations import load_migrations
 from tickpipe_consumer.rows import (
     COLUMN_NAMES,
@@ -215,3 +224,17 @@ def test_migrations_are_packaged_in_order() -> None:
     assert sorted(e.name for e in folder.iterdir() if e.name.endswith(".sql")) == [
         f"{m.version:04d}_{m.name}.sql" for m in migrations
     ]
+
+
+def test_a_nul_escape_in_the_message_is_caught_on_the_fast_path() -> None:
+    good = encode_tick(_trade())
+    bad = good.replace(b'"exchange":"V"', b'"exchange":"V\\u0000"')
+    assert bad != good
+    for value, rejected in ((good, False), (bad, True)):
+        message = Message(topic="t", partition=0, offset=1, key=b"AAPL", value=value)
+        entry = prepare(message, now_ns=2**62, max_future_ns=0)
+        assert (entry.rejected is not None) is rejected
+    entry = prepare(Message(topic="t", partition=0, offset=1, key=b"AAPL", value=bad), 2**62, 0)
+    assert entry.rejected is not None
+    assert entry.rejected.reason is RejectReason.INVALID_VALUE
+    assert entry.rejected.detail.startswith("exchange")

@@ -48,10 +48,12 @@ def prepare(message: Message, now_ns: int, max_future_ns: int) -> Entry:
         offset=_int(message.offset()),
     )
     key = message.key()
+    value = message.value()
     try:
-        tick = decode_tick_fast(message.value())
+        tick = decode_tick_fast(value)
         check_storable(tick, key, now_ns, max_future_ns)
-        entry.row = tick_to_row(tick, producer_from_headers(message.headers()))
+        producer = producer_from_headers(message.headers())
+        entry.row = tick_to_row(tick, producer, may_hold_nul=value is None or b"\\u0000" in value)
     except TickRejected as rejected:
         entry.rejected = rejected
     return entry

@@ -83,6 +83,20 @@ def header_pairs(headers: Headers | None) -> list[tuple[str, HeaderValue]]:
 
 def producer_from_headers(headers: Headers | None) -> str | None:
     """The ``tickpipe-producer`` header as text, or None; never fails on a malformed header."""
+    # Consecutive messages nearly always carry the same headers: compare, don't parse again.
+    ((last_headers, last_producer),) = _last_producer
+    if headers == last_headers:
+        return last_producer
+    producer = _producer_of(headers)
+    if isinstance(headers, list):
+        _last_producer[:] = [(list(headers), producer)]
+    return producer
+
+
+_last_producer: list[tuple[object, str | None]] = [(None, None)]
+
+
+def _producer_of(headers: Headers | None) -> str | None:
     for name, value in header_pairs(headers):
         if name == HEADER_PRODUCER and value is not None:
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
@@ -90,8 +104,14 @@ def producer_from_headers(headers: Headers | None) -> str | None:
     return None
 
 
-def tick_to_row(tick: TickFields, producer: str | None) -> Row:
-    """The row for ``tick``; ``TickRejected(INVALID_VALUE)`` if PostgreSQL could not store it."""
+def tick_to_row(tick: TickFields, producer: str | None, may_hold_nul: bool = True) -> Row:
+    """The row for ``tick``; ``TickRejected(INVALID_VALUE)`` if PostgreSQL could not store it.
+
+    ``may_hold_nul=False`` skips the NUL checks: the caller knows the message had no
+    ``\\u0000`` escape, the only way JSON text can carry U+0000.
+    """
+    if may_hold_nul:
+        _refuse_nul(tick)
     row: Row = (
         tick.tick_id,
         _timestamp(tick.ts_ns, "ts"),
@@ -99,21 +119,21 @@ def tick_to_row(tick: TickFields, producer: str | None) -> Row:
         _timestamp(tick.received_ns, "received_at"),
         str(tick.kind),  # a StrEnum: str() is its value, and cheaper than .value
         str(tick.asset_class),
-        _text(tick.symbol, "symbol"),
-        _text(tick.feed, "feed"),
+        tick.symbol,
+        tick.feed,
         tick.price,
         tick.size,
-        _text(tick.exchange, "exchange"),
+        tick.exchange,
         tick.trade_id,
-        None if tick.conditions is None else [_text(c, "conditions") for c in tick.conditions],
-        _text(tick.tape, "tape"),
-        _text(tick.taker_side, "taker_side"),
+        None if tick.conditions is None else list(tick.conditions),
+        tick.tape,
+        tick.taker_side,
         tick.bid_price,
         tick.bid_size,
-        _text(tick.bid_exchange, "bid_exchange"),
+        tick.bid_exchange,
         tick.ask_price,
         tick.ask_size,
-        _text(tick.ask_exchange, "ask_exchange"),
+        tick.ask_exchange,
         tick.open,
         tick.high,
         tick.low,
@@ -141,11 +161,24 @@ def _reject(field: str, problem: str) -> TickRejected:
     return TickRejected(RejectReason.INVALID_VALUE, f"{field}: {problem}")
 
 
-def _text(value: str | None, field: str) -> str | None:
+_TEXT_FIELDS = (
+    "symbol",
+    "feed",
+    "exchange",
+    "tape",
+    "taker_side",
+    "bid_exchange",
+    "ask_exchange",
+)
+
+
+def _refuse_nul(tick: TickFields) -> None:
     # PostgreSQL text cannot hold U+0000; JSON can ("\u0000"), so it must be caught here.
-    if value and "\x00" in value:
-        raise _reject(field, "contains a NUL character, which PostgreSQL text cannot store")
-    return value
+    texts = [(name, getattr(tick, name)) for name in _TEXT_FIELDS]
+    texts += [("conditions", c) for c in tick.conditions or ()]
+    for field, value in texts:
+        if value and "\x00" in value:
+            raise _reject(field, "contains a NUL character, which PostgreSQL text cannot store")
 
 
 def _timestamp(epoch_ns: int, field: str) -> datetime:
