@@ -49,8 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from kafka import KafkaConsumer  # type: ignore[import-untyped]  # kafka-python, like the seed
 from psycopg import sql
 
 from tickpipe_common.schema import Tick, decode_tick, encode_tick, kafka_headers
@@ -61,10 +63,38 @@ from tickpipe_consumer.rows import COLUMN_NAMES, COLUMN_TYPES, Row, tick_to_row
 REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
 BATCH = 5_000
-STOCKS = (
-    "AAPL MSFT NVDA AMZN GOOGL META TSLA SPY QQQ AMD NFLX INTC AVGO ORCL CRM ADBE CSCO PEP KO "
-    "JPM BAC WMT DIS XOM CVX PFE MRK T VZ IWM"
-).split()
+STOCKS = [
+    "AAPL",
+    "MSFT",
+    "NVDA",
+    "AMZN",
+    "GOOGL",
+    "META",
+    "TSLA",
+    "SPY",
+    "QQQ",
+    "AMD",
+    "NFLX",
+    "INTC",
+    "AVGO",
+    "ORCL",
+    "CRM",
+    "ADBE",
+    "CSCO",
+    "PEP",
+    "KO",
+    "JPM",
+    "BAC",
+    "WMT",
+    "DIS",
+    "XOM",
+    "CVX",
+    "PFE",
+    "MRK",
+    "T",
+    "VZ",
+    "IWM",
+]
 CRYPTO = "BTC/USD ETH/USD SOL/USD LTC/USD DOGE/USD AVAX/USD LINK/USD DOT/USD UNI/USD XRP/USD"
 CRYPTO_PAIRS = CRYPTO.split()
 _POLL_SECONDS = 0.2
@@ -285,7 +315,8 @@ def drain_processes(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")
         procs = [
-            subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            # noqa: the commands are this script's own, built above from sys.executable
+            subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
             for command in commands
         ]
         try:
@@ -431,8 +462,6 @@ def _ns(text: str) -> int:
 
 
 def seed_style_main(limit: int) -> None:
-    from kafka import KafkaConsumer  # kafka-python, as the seed's script uses
-
     consumer = KafkaConsumer(
         os.environ["KAFKA_TOPIC"],
         bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
@@ -491,7 +520,9 @@ def create_database(admin_dsn: str) -> tuple[str, str]:
 
 def drop_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def truncate(dsn: str) -> None:
@@ -544,6 +575,34 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
         )
 
 
+def run_rounds(
+    setup: Setup, methods: list[str], runs: int, rows: Sequence[Row], seed_ticks: int
+) -> dict[str, list[Drain]]:
+    """Every method once per round, in order, each on a truncated table."""
+    drains: dict[str, list[Drain]] = {m: [] for m in methods}
+    for round_ in range(runs):
+        for method in methods:
+            truncate(setup.dsn)
+            if method == "copy_ceiling":
+                drain = run_copy_ceiling(setup, rows)
+            elif method == "tickpipe":
+                drain = run_tickpipe(setup, len(rows), 1)
+            elif method == "tickpipe_x2":
+                drain = run_tickpipe(setup, len(rows), 2)
+            elif method in ("careful", "seed_style"):
+                limit = len(rows) if method == "careful" else seed_ticks
+                drain = run_baseline(setup, method, limit)
+            else:
+                raise SystemExit(f"unknown method {method}")
+            drains[method].append(drain)
+            print(
+                f"  round {round_ + 1}/{runs} {method:<13} {drain.ticks:>8} ticks "
+                f"{drain.seconds:7.2f}s  {drain.rate_10_90:>10,.0f}/s (10-90%)",
+                flush=True,
+            )
+    return drains
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="baseline")
@@ -585,28 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [tick_to_row(t, "bench") for t in ticks]  # for the COPY ceiling, untimed
     name, dsn = create_database(args.dsn)
     setup = Setup(args.bootstrap, topic, dsn, Cpu(args.run_dir), args.timeout)
-    drains: dict[str, list[Drain]] = {m: [] for m in methods}
     try:
-        for round_ in range(args.runs):
-            for method in methods:
-                truncate(dsn)
-                if method == "copy_ceiling":
-                    drain = run_copy_ceiling(setup, rows)
-                elif method == "tickpipe":
-                    drain = run_tickpipe(setup, len(ticks), 1)
-                elif method == "tickpipe_x2":
-                    drain = run_tickpipe(setup, len(ticks), 2)
-                elif method in ("careful", "seed_style"):
-                    limit = len(ticks) if method == "careful" else min(args.seed_ticks, len(ticks))
-                    drain = run_baseline(setup, method, limit)
-                else:
-                    raise SystemExit(f"unknown method {method}")
-                drains[method].append(drain)
-                print(
-                    f"  round {round_ + 1}/{args.runs} {method:<13} {drain.ticks:>8} ticks "
-                    f"{drain.seconds:7.2f}s  {drain.rate_10_90:>10,.0f}/s (10-90%)",
-                    flush=True,
-                )
+        drains = run_rounds(setup, methods, args.runs, rows, min(args.seed_ticks, len(ticks)))
     finally:
         drop_database(args.dsn, name)
         AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])
