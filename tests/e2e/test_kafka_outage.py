@@ -130,6 +130,8 @@ def test_a_broker_outage_loses_nothing(
             "SIM_RATE_PER_SYMBOL": "200",
             "SIM_MAX_RATE": "4000",
             "SIM_MAX_EVENTS_PER_SYMBOL": str(EVENTS),
+            # A fixed run that reaches its subscribers whole: symbols trade while subscribed.
+            "SIM_TRADING": "while_subscribed",
         },
         tmp_path / "sim.log",
     )

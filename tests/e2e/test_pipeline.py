@@ -52,6 +52,8 @@ def pipeline(
                 "SIM_PORT": str(sim_port),
                 "SIM_RATE_PER_SYMBOL": "60",
                 "SIM_MAX_EVENTS_PER_SYMBOL": str(EVENTS_PER_SYMBOL),
+                # A fixed run that reaches its subscribers whole: symbols trade while subscribed.
+                "SIM_TRADING": "while_subscribed",
                 "SIM_BAR_INTERVAL": "0.5",
             },
             tmp_path / "sim.log",

@@ -146,6 +146,8 @@ def sim_url(run: Run) -> str:
         "SIM_PORT": str(port),
         "SIM_RATE_PER_SYMBOL": "40",
         "SIM_MAX_EVENTS_PER_SYMBOL": str(EVENTS_PER_SYMBOL),
+        # A fixed run that reaches its subscribers whole: symbols trade while subscribed.
+        "SIM_TRADING": "while_subscribed",
         "SIM_BAR_INTERVAL": "0.5",
     }
     sim = Service("market-sim", "tickpipe_market_sim", env, run.tmp / "market-sim.log")

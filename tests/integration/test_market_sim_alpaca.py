@@ -111,6 +111,7 @@ def test_stock_stream_gets_exactly_what_stats_reports() -> None:
             rate_per_symbol=RATE,
             bar_interval=BAR_INTERVAL,
             max_events_per_symbol=N,
+            trading="while_subscribed",
             stock_symbols=("AAPL", "MSFT", "TSLA"),
         ) as sim:
             stream = StockDataStream(
@@ -178,7 +179,10 @@ def test_crypto_stream_with_order_books() -> None:
 
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         async with running_sim(
-            rate_per_symbol=RATE, bar_interval=BAR_INTERVAL, max_events_per_symbol=N
+            rate_per_symbol=RATE,
+            bar_interval=BAR_INTERVAL,
+            max_events_per_symbol=N,
+            trading="while_subscribed",
         ) as sim:
             stream = CryptoDataStream(
                 "any-key", "any-secret", raw_data=True, url_override=sim.url("/v1beta3/crypto/us")
@@ -253,8 +257,8 @@ def test_wrong_credentials_reach_alpaca_py_as_auth_failed() -> None:
             # alpaca-py now backs off before retrying; stop_ws() ends that wait at once.
             await stream.stop_ws()
             await asyncio.wait_for(task, timeout=10)
-            return str((await fetch_stats(sim))["generated"])
+            return str((await fetch_stats(sim))["sent"])
 
-    generated = asyncio.run(scenario())
+    sent = asyncio.run(scenario())
     assert received == []
-    assert generated == "{}", "no market ran for an unauthenticated client"
+    assert sent == "{}", "nothing was sent to an unauthenticated client"

@@ -7,22 +7,27 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.integration.sim_client import (
+    AUTH,
+    collect,
+    error,
+    read_until_closed,
+    recv_json,
+    request,
+    session,
+)
 from tickpipe_common.timestamps import parse_rfc3339_ns
-from tickpipe_market_sim.server import SimServer
 from tickpipe_market_sim.testing import fetch_stats, http_get, running_sim
 
 pytestmark = pytest.mark.timeout(60)
 
-AUTH = {"action": "auth", "key": "key", "secret": "secret"}
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 
 
@@ -30,58 +35,6 @@ RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 def log_everything(caplog: pytest.LogCaptureFixture) -> None:
     """Run the sim's log calls for real (a bad log field only fails when emitted)."""
     caplog.set_level(logging.DEBUG, logger="tickpipe_market_sim")
-
-
-async def recv_json(ws: ClientConnection) -> list[dict[str, Any]]:
-    frame = await asyncio.wait_for(ws.recv(), 5)
-    assert isinstance(frame, str), "JSON clients get text frames"
-    messages: list[dict[str, Any]] = json.loads(frame)
-    assert isinstance(messages, list)
-    return messages
-
-
-CONTROL = ("success", "error", "subscription")
-
-
-async def request(ws: ClientConnection, message: object) -> list[dict[str, Any]]:
-    """Send a request and return the server's answer, skipping market data that was
-    already on its way (control messages always come alone in their frame)."""
-    await ws.send(json.dumps(message))
-    while True:
-        frame = await recv_json(ws)
-        if frame[0]["T"] in CONTROL:
-            assert len(frame) == 1
-            return frame
-
-
-@asynccontextmanager
-async def session(
-    sim: SimServer, path: str = "/v2/iex", auth: dict[str, str] | None = AUTH
-) -> AsyncIterator[ClientConnection]:
-    """A JSON client past the welcome (and the auth, unless ``auth`` is None)."""
-    async with connect(sim.url(path)) as ws:
-        assert await recv_json(ws) == [{"T": "success", "msg": "connected"}]
-        if auth is not None:
-            assert await request(ws, auth) == [{"T": "success", "msg": "authenticated"}]
-        yield ws
-
-
-async def read_until_closed(ws: ClientConnection) -> None:
-    """Discard whatever still arrives; raises ConnectionClosed when the server closes."""
-    while True:
-        await asyncio.wait_for(ws.recv(), 5)
-
-
-def error(code: int, msg: str) -> list[dict[str, Any]]:
-    return [{"T": "error", "code": code, "msg": msg}]
-
-
-async def collect(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` market-data messages (frames may hold several)."""
-    out: list[dict[str, Any]] = []
-    while len(out) < count:
-        out.extend(await recv_json(ws))
-    return out
 
 
 def test_http_endpoints() -> None:
@@ -104,7 +57,8 @@ def test_http_endpoints() -> None:
             assert status == 200
             assert stats["connections"] == {"open": 0, "total": 0, "open_by_endpoint": {}}
             assert stats["sent"] == {}
-            assert stats["generated"] == {}
+            # The market trades from the start; "generated" is the older name of "happened".
+            assert stats["generated"] == stats["happened"]
             assert stats["config"]["seed"] == stats["seed"]
             assert (await http_get(sim.port, "/nope"))[0] == 404
             assert (await http_get(sim.port, "/v2/nope"))[0] == 404
@@ -142,7 +96,9 @@ def test_json_session_from_welcome_to_data() -> None:
     for message in messages:
         assert RFC3339_NS.match(message["t"]), message["t"]
         assert parse_rfc3339_ns(message["t"]) % 1000 != 0, "nanoseconds survive in JSON"
-    assert [m["i"] for m in trades] == list(range(1, len(trades) + 1))
+    # Live from the moment of the subscription: whatever id comes first, none is skipped.
+    first = trades[0]["i"]
+    assert [m["i"] for m in trades] == list(range(first, first + len(trades)))
     assert stats["per_connection"]["1"]["encoding"] == "json"
 
 
@@ -198,7 +154,9 @@ def test_unsubscribe_stops_the_data() -> None:
 def test_two_clients_get_the_same_events_and_both_are_counted() -> None:
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         async with (
-            running_sim(rate_per_symbol=200, max_events_per_symbol=5) as sim,
+            running_sim(
+                rate_per_symbol=200, max_events_per_symbol=5, trading="while_subscribed"
+            ) as sim,
             session(sim) as one,
             session(sim) as two,
         ):
@@ -340,9 +298,12 @@ def test_410_invalid_subscribe_action_for_the_feed() -> None:
     asyncio.run(scenario())
 
 
-def test_nothing_is_generated_before_a_subscription() -> None:
+def test_while_subscribed_nothing_is_generated_before_a_subscription() -> None:
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        async with running_sim(rate_per_symbol=200) as sim, session(sim) as ws:
+        async with (
+            running_sim(rate_per_symbol=200, trading="while_subscribed") as sim,
+            session(sim) as ws,
+        ):
             await asyncio.sleep(0.1)
             before = await fetch_stats(sim)
             await request(ws, {"action": "subscribe", "trades": ["NVDA"]})
@@ -352,6 +313,32 @@ def test_nothing_is_generated_before_a_subscription() -> None:
     assert before["generated"] == {}
     assert before["sent"] == {}
     assert first[0]["i"] == 1
+
+
+def test_the_market_trades_before_anyone_subscribes() -> None:
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        async with running_sim(rate_per_symbol=200) as sim, session(sim) as ws:
+
+            async def nvda_traded() -> dict[str, Any]:
+                while True:
+                    stats = await fetch_stats(sim)
+                    if stats["happened"].get("/v2/iex", {}).get("NVDA", {}).get("trade", 0) > 3:
+                        return stats
+                    await asyncio.sleep(0.02)
+
+            before = await asyncio.wait_for(nvda_traded(), 10)
+            await request(ws, {"action": "subscribe", "trades": ["NVDA"]})
+            first = await collect(ws, 1)
+            return before, first, await fetch_stats(sim)
+
+    before, first, after = asyncio.run(scenario())
+    assert before["sent"] == {}
+    assert set(before["happened"]["/v2/iex"]) >= {"AAPL", "MSFT", "NVDA"}, "the universe trades"
+    assert first[0]["i"] > before["happened"]["/v2/iex"]["NVDA"]["trade"], "live, not replayed"
+    happened = after["happened"]["/v2/iex"]["NVDA"]["trade"]
+    assert after["sent"]["/v2/iex"]["NVDA"]["trade"] < happened, "happened and sent differ"
+    iex_trades = sum(kinds["trade"] for kinds in after["happened"]["/v2/iex"].values())
+    assert after["history"]["kept"]["/v2/iex"]["trade"]["events"] == iex_trades
 
 
 def test_stopping_the_server_closes_clients_with_1001() -> None:

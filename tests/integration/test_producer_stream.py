@@ -64,7 +64,9 @@ def test_streams_and_stops_cleanly() -> None:
 
 async def _test_streams_and_stops_cleanly() -> None:
     recorder = Recorder()
-    async with running_sim(rate_per_symbol=50, max_events_per_symbol=20) as sim:
+    async with running_sim(
+        rate_per_symbol=50, max_events_per_symbol=20, trading="while_subscribed"
+    ) as sim:
         supervisor = _supervisor(sim.url("/v2/iex"), recorder)
         stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(stop))
@@ -108,7 +110,9 @@ def test_silent_stream_is_dropped_and_reconnected() -> None:
 async def _test_silent_stream_is_dropped_and_reconnected() -> None:
     recorder = Recorder()
     # Five events per symbol and kind, then silence: the stale watchdog must reconnect.
-    async with running_sim(rate_per_symbol=50, max_events_per_symbol=5) as sim:
+    async with running_sim(
+        rate_per_symbol=50, max_events_per_symbol=5, trading="while_subscribed"
+    ) as sim:
         supervisor = _supervisor(sim.url("/v2/iex"), recorder, stale_after=1.0)
         stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(stop))

@@ -12,12 +12,14 @@ from prometheus_client import CollectorRegistry
 
 from tickpipe_market_sim.clock import EventClock
 from tickpipe_market_sim.encoding import Encoding
+from tickpipe_market_sim.history import History, HistoryBounds
 from tickpipe_market_sim.hub import FeedHub, Hub, steps_per_bar
-from tickpipe_market_sim.protocol import SubscriptionRequest
+from tickpipe_market_sim.protocol import Kind, SubscriptionRequest
 from tickpipe_market_sim.session import Session
 from tickpipe_market_sim.stats import SentStats, SimMetrics
 from tickpipe_market_sim.universe import build_feeds
 
+START_NS = 1_700_000_000_000_000_000
 FEEDS = build_feeds(("AAPL", "MSFT"), ("BTC/USD", "ETH/USD"))
 
 
@@ -36,9 +38,13 @@ class RecordingSink:
 
 
 class Harness:
-    def __init__(self, path: str, max_events: int = 0) -> None:
+    """A feed hub on a fake clock; ``always`` is SIM_TRADING=always (default here: the
+    while_subscribed mode, whose fan-out these tests were written for)."""
+
+    def __init__(self, path: str, max_events: int = 0, *, always: bool = False) -> None:
         self.stats = SentStats(seed=1, metrics=SimMetrics(CollectorRegistry()))
-        clock = EventClock(itertools.count(1_700_000_000_000_000_000, 1_000_001).__next__)
+        clock = EventClock(itertools.count(START_NS, 1_000_001).__next__)
+        self.history = History(HistoryBounds(seconds=3600, events=0), lambda: START_NS)
         self.hub = FeedHub(
             FEEDS[path],
             seed=1,
@@ -47,6 +53,8 @@ class Harness:
             steps_per_bar=5,
             bar_interval_ns=10**9,
             max_events=max_events,
+            history=self.history,
+            always=always,
         )
         self._ids = itertools.count(1)
         self.sinks: dict[int, RecordingSink] = {}
@@ -211,3 +219,30 @@ def test_the_message_cap_slows_the_clock_down() -> None:
     # One message per step, at most 10 messages per second: ~4 steps in 0.3 s, not 30.
     steps = _clock_run(rate=100, max_rate=10, seconds=0.3)
     assert 1 <= steps <= 5
+
+
+def test_an_always_trading_market_trades_before_anyone_subscribes() -> None:
+    h = Harness("/v2/iex", always=True)
+    for _ in range(3):
+        h.hub.tick()
+    assert sorted(h.hub.generated()) == ["AAPL", "MSFT"], "the whole universe trades"
+    assert h.hub.generated()["AAPL"] == {"trade": 3, "quote": 3}
+    session = h.session()
+    h.change(session, "subscribe", trades=["AAPL"])
+    h.hub.tick()
+    got = h.received(session)
+    # The subscriber sees the market from now on: the fourth trade, not the first.
+    assert [(m["T"], m["i"]) for m in got] == [("t", 4)]
+    recorded = h.history.series("/v2/iex", Kind.TRADE, "AAPL")
+    assert recorded is not None
+    assert [b["i"] for b in recorded.bodies] == [1, 2, 3, 4]
+
+
+def test_a_symbol_named_outside_the_universe_keeps_trading_after_unsubscribe() -> None:
+    h = Harness("/v2/iex", always=True)
+    session = h.session()
+    h.change(session, "subscribe", trades=["XYZ"])
+    h.hub.tick()
+    h.change(session, "unsubscribe", trades=["XYZ"])
+    h.hub.tick()
+    assert h.hub.generated()["XYZ"]["trade"] == 2

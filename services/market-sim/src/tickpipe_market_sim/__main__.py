@@ -11,16 +11,22 @@ import argparse
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
+from websockets.asyncio.server import ServerConnection
 
 from tickpipe_common.logging import configure_logging, get_logger
 from tickpipe_common.settings import environment_variables, load_settings
 from tickpipe_market_sim.auth import Authenticator
 from tickpipe_market_sim.clock import EventClock
+from tickpipe_market_sim.faults import FaultControls
+from tickpipe_market_sim.historical import HistoricalApi, RateLimiter
+from tickpipe_market_sim.history import History, HistoryBounds
 from tickpipe_market_sim.hub import FeedHub, Hub, steps_per_bar
 from tickpipe_market_sim.server import WEBSOCKETS_LOGGER, SimServer
+from tickpipe_market_sim.session import Session, Silence
 from tickpipe_market_sim.settings import SimSettings
 from tickpipe_market_sim.stats import SentStats, SimMetrics
 from tickpipe_market_sim.universe import build_feeds
@@ -36,6 +42,10 @@ def build_server(settings: SimSettings, registry: CollectorRegistry | None = Non
     stats = SentStats(settings.seed, SimMetrics(registry))
     clock = EventClock()
     bar_steps = steps_per_bar(settings.bar_interval, settings.rate_per_symbol)
+    bar_interval_ns = round(settings.bar_interval * 1e9)
+    history = History(
+        HistoryBounds(settings.history_seconds, settings.history_events), time.time_ns
+    )
     feeds = {
         path: FeedHub(
             feed,
@@ -43,14 +53,31 @@ def build_server(settings: SimSettings, registry: CollectorRegistry | None = Non
             clock=clock,
             stats=stats,
             steps_per_bar=bar_steps,
-            bar_interval_ns=round(settings.bar_interval * 1e9),
+            bar_interval_ns=bar_interval_ns,
             max_events=settings.max_events_per_symbol,
+            history=history,
+            always=settings.trading == "always",
         )
         for path, feed in build_feeds(settings.stock_symbols, settings.crypto_symbols).items()
     }
     hub = Hub(feeds, rate_per_symbol=settings.rate_per_symbol, max_rate=settings.max_rate)
     secret = settings.api_secret.get_secret_value() if settings.api_secret else None
     auth = Authenticator(settings.api_key, secret, settings.max_connections)
+    connections: dict[int, tuple[Session, ServerConnection]] = {}
+    silence = Silence()
+    faults = FaultControls(
+        connections,
+        auth,
+        silence,
+        backlog=settings.send_queue_limit,
+        half_dead_seconds=settings.half_dead_seconds,
+    )
+    historical = HistoricalApi(
+        history,
+        auth,
+        bar_interval_ns=bar_interval_ns,
+        rate_limiter=RateLimiter(settings.history_rate_limit),
+    )
     return SimServer(
         host=settings.host,
         port=settings.port,
@@ -61,7 +88,12 @@ def build_server(settings: SimSettings, registry: CollectorRegistry | None = Non
         registry=registry,
         auth_timeout=settings.auth_timeout,
         symbol_limit=settings.symbol_limit,
-        send_queue_limit=settings.send_queue_limit,
+        history=history,
+        historical=historical,
+        faults=faults,
+        silence=silence,
+        connections=connections,
+        admin=settings.admin,
         config={
             "seed": settings.seed,
             "rate_per_symbol": settings.rate_per_symbol,
@@ -74,6 +106,12 @@ def build_server(settings: SimSettings, registry: CollectorRegistry | None = Non
             "auth_required": settings.api_key is not None,
             "symbol_limit": settings.symbol_limit,
             "max_connections": settings.max_connections,
+            "trading": settings.trading,
+            "history_seconds": settings.history_seconds,
+            "history_events": settings.history_events,
+            "history_rate_limit": settings.history_rate_limit,
+            "admin": settings.admin,
+            "half_dead_seconds": settings.half_dead_seconds,
         },
     )
 

@@ -13,6 +13,11 @@ from collections import Counter
 
 from tickpipe_market_sim.protocol import ErrorCode, ProtocolError
 
+# Alpaca's header authentication: the REST API's, and the stream's alternative to the
+# auth message.
+KEY_HEADER = "APCA-API-KEY-ID"
+SECRET_HEADER = "APCA-API-SECRET-KEY"  # noqa: S105 - a header name, not a secret
+
 
 class Authenticator:
     def __init__(
@@ -25,16 +30,21 @@ class Authenticator:
 
     def admit(self, key: str, secret: str, endpoint: str) -> None:
         """Take a connection slot for ``key`` on ``endpoint`` or raise 402/406."""
-        if self._key is not None and self._secret is not None:
-            # Constant-time comparison: the habit costs nothing, even in a simulator.
-            key_ok = hmac.compare_digest(key.encode(), self._key.encode())
-            secret_ok = hmac.compare_digest(secret.encode(), self._secret.encode())
-            if not (key_ok and secret_ok):
-                raise ProtocolError(ErrorCode.AUTH_FAILED)
+        if not self.credentials_ok(key, secret):
+            raise ProtocolError(ErrorCode.AUTH_FAILED)
         slot = (key, endpoint)
         if self._max_connections and self._sessions[slot] >= self._max_connections:
             raise ProtocolError(ErrorCode.CONNECTION_LIMIT_EXCEEDED)
         self._sessions[slot] += 1
+
+    def credentials_ok(self, key: str, secret: str) -> bool:
+        """The key and secret are accepted (any pair when SIM_API_KEY is unset)."""
+        if self._key is None or self._secret is None:
+            return True
+        # Constant-time comparison: the habit costs nothing, even in a simulator.
+        key_ok = hmac.compare_digest(key.encode(), self._key.encode())
+        secret_ok = hmac.compare_digest(secret.encode(), self._secret.encode())
+        return key_ok and secret_ok
 
     def release(self, key: str, endpoint: str) -> None:
         slot = (key, endpoint)

@@ -2,8 +2,18 @@
 
 Every symbol has exactly one :class:`SymbolMarket` per feed, however many clients watch
 it; each of its events goes to every session subscribed to that symbol and channel (by
-name or through "*"). A symbol only advances while someone subscribes to it, so nothing
-is produced before the first client arrives and a fresh sim's first trade has id 1.
+name or through "*").
+
+When symbols trade is SIM_TRADING's choice:
+
+- ``always`` (the default): a market. Every symbol of the feed's universe trades from the
+  simulator's start, and any other symbol from the moment someone first names it, whether
+  or not anyone is connected; a subscriber sees the live events from the moment it
+  subscribes, as on Alpaca, and what it missed is in the history (``history``), which
+  records every event.
+- ``while_subscribed``: a symbol advances only while someone subscribes to it, so a fixed
+  run (SIM_MAX_EVENTS_PER_SYMBOL) reaches its subscribers whole and a fresh sim's first
+  trade has id 1. For tests and benchmarks that count what one client received.
 
 One clock task drives all markets at SIM_RATE_PER_SYMBOL steps per second and stretches
 its period whenever the messages of a tick would exceed SIM_MAX_RATE per second overall,
@@ -18,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tickpipe_market_sim.clock import EventClock
+from tickpipe_market_sim.history import History
 from tickpipe_market_sim.market import Event, SymbolMarket
 from tickpipe_market_sim.protocol import CHANNEL_OF, WILDCARD, Kind
 from tickpipe_market_sim.session import Session
@@ -26,6 +37,7 @@ from tickpipe_market_sim.subscriptions import SubscriptionChange
 from tickpipe_market_sim.universe import AssetClass, Feed, profile_for
 
 BOOK_CHANNEL = CHANNEL_OF[Kind.ORDERBOOK]
+TRADING_MODES = ("always", "while_subscribed")
 
 
 def steps_per_bar(bar_interval: float, rate_per_symbol: float) -> int:
@@ -46,8 +58,12 @@ class FeedHub:
         steps_per_bar: int,
         bar_interval_ns: int,
         max_events: int,
+        history: History,
+        always: bool,
     ) -> None:
         self.feed = feed
+        self._history = history
+        self._always = always
         self._seed = seed
         self._clock = clock
         self._stats = stats
@@ -59,10 +75,13 @@ class FeedHub:
             for kind in Kind
             if kind is not Kind.ORDERBOOK or feed.asset_class is AssetClass.CRYPTO
         )
+        self._all_kinds = frozenset(self._kinds)
         self.markets: dict[str, SymbolMarket] = {}
         # channel → symbol (or "*") → sessions subscribed to it.
         self._index: dict[str, dict[str, set[Session]]] = {name: {} for name in feed.channels}
-        self._active: list[str] = []
+        # Symbols that trade: in "always" mode the universe plus every symbol ever named.
+        self._trading: dict[str, None] = dict.fromkeys(feed.universe) if always else {}
+        self._active: list[str] = self._compute_active()
 
     # --- subscriptions ----------------------------------------------------------------
 
@@ -91,6 +110,11 @@ class FeedHub:
         self.apply(session, session.subscriptions.clear())
 
     def has_subscribers(self) -> bool:
+        """Whether anyone subscribes to anything on this feed."""
+        return any(self._index.values())
+
+    def trading(self) -> bool:
+        """Whether any symbol of this feed trades now."""
         return bool(self._active)
 
     def _expand(self, symbols: Iterable[str]) -> list[str]:
@@ -107,6 +131,9 @@ class FeedHub:
 
     def _compute_active(self) -> list[str]:
         named = {s for subs in self._index.values() for s in subs if s != WILDCARD}
+        if self._always:
+            self._trading.update(dict.fromkeys(sorted(s for s in named if self.feed.carries(s))))
+            return list(self._trading)
         wildcard = any(WILDCARD in subs for subs in self._index.values())
         active = {s for s in named if self.feed.carries(s)}
         if wildcard:
@@ -139,14 +166,23 @@ class FeedHub:
     def tick(self) -> int:
         """Advance every watched symbol one step; returns the messages queued."""
         queued = 0
+        path, history = self.feed.path, self._history
         for symbol in self._active:
-            wanted = {k for k in self._kinds if self.recipients(CHANNEL_OF[k], symbol)}
+            wanted = self._wanted(symbol)
             if not wanted:
                 continue  # e.g. only statuses, which the sim never emits
             for event in self.market(symbol).advance(wanted):
-                self._stats.generated(self.feed.path, event.kind)
+                self._stats.generated(path, event.kind)
+                history.record(path, event)
                 queued += self._fan_out(event)
         return queued
+
+    def _wanted(self, symbol: str) -> frozenset[Kind]:
+        """The kinds a symbol produces this step: all of them in a market that trades
+        always, else those someone subscribes to."""
+        if self._always:
+            return self._all_kinds
+        return frozenset(k for k in self._kinds if self.recipients(CHANNEL_OF[k], symbol))
 
     def _fan_out(self, event: Event) -> int:
         sessions = self.recipients(CHANNEL_OF[event.kind], event.symbol)
@@ -164,9 +200,9 @@ class FeedHub:
             session.book_synced.add(market.symbol)
 
     def finished(self) -> bool:
-        """Every watched symbol has produced all it will (``SIM_MAX_EVENTS_PER_SYMBOL``)."""
+        """Every trading symbol has produced all it will (``SIM_MAX_EVENTS_PER_SYMBOL``)."""
         for symbol in self._active:
-            wanted = {k for k in self._kinds if self.recipients(CHANNEL_OF[k], symbol)}
+            wanted = self._wanted(symbol)
             if wanted and not self.market(symbol).finished(wanted):
                 return False
         return True
@@ -194,7 +230,7 @@ class Hub:
         self._wakeup.set()
 
     def _idle(self) -> bool:
-        return not any(feed.has_subscribers() for feed in self.feeds.values())
+        return not any(feed.trading() for feed in self.feeds.values())
 
     def tick(self) -> int:
         return sum(feed.tick() for feed in self.feeds.values())
@@ -221,10 +257,11 @@ class Hub:
                 next_at = now  # fell behind (a stall): resume, do not burst to catch up
 
     def finished(self) -> bool:
-        """A fixed run (``SIM_MAX_EVENTS_PER_SYMBOL``) is over: someone subscribed, and every
-        watched symbol of every feed has generated all it will. What was sent is in /stats."""
-        watched = [feed for feed in self.feeds.values() if feed.has_subscribers()]
-        return bool(watched) and all(feed.finished() for feed in watched)
+        """A fixed run (``SIM_MAX_EVENTS_PER_SYMBOL``) is over: some symbol trades (in the
+        while_subscribed mode: someone subscribed), and every trading symbol of every feed
+        has generated all it will. What was sent is in /stats."""
+        trading = [feed for feed in self.feeds.values() if feed.trading()]
+        return bool(trading) and all(feed.finished() for feed in trading)
 
     def generated(self) -> dict[str, Any]:
         return {path: feed.generated() for path, feed in self.feeds.items() if feed.markets}

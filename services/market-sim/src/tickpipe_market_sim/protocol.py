@@ -91,6 +91,28 @@ WILDCARD = "*"
 STOCK_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 CRYPTO_CHANNELS = ("trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars")
 
+# Every channel key Alpaca documents for its market-data streams (stocks, crypto, options,
+# news). Clients such as the Go SDK send all of their keys in every request, most with an
+# empty list or null; a key valid elsewhere but not on this feed is then no error, as on
+# Alpaca's servers: only naming symbols on it is (410).
+DOCUMENTED_CHANNELS = frozenset(
+    {
+        "trades",
+        "quotes",
+        "bars",
+        "updatedBars",
+        "dailyBars",
+        "statuses",
+        "lulds",
+        "imbalances",
+        "corrections",
+        "cancelErrors",
+        "orderbooks",
+        "news",
+        "pricing",
+    }
+)
+
 # Keys of the stock subscription reply that are not subscribable themselves: Alpaca
 # subscribes corrections and cancel-errors together with trades and reports them so.
 STOCK_MIRRORED_CHANNELS: Mapping[str, str] = {"corrections": "trades", "cancelErrors": "trades"}
@@ -147,9 +169,11 @@ def parse_request(obj: object) -> ClientRequest:
         return AuthRequest(key=key, secret=secret)
     if action in ("subscribe", "unsubscribe"):
         channels: dict[str, tuple[str, ...]] = {}
-        for name, symbols in obj.items():
+        for name, given in obj.items():
             if name == "action":
                 continue
+            # "trades": null means no symbols, as an empty list does.
+            symbols = () if given is None else given
             if not isinstance(name, str) or not isinstance(symbols, list | tuple):
                 raise ProtocolError(ErrorCode.INVALID_SYNTAX)
             if not all(_valid_symbol(s) for s in symbols):

@@ -1,8 +1,15 @@
 """The network side: one port for the Alpaca WebSocket paths and the HTTP endpoints.
 
-``process_request`` answers plain HTTP (/healthz, /readyz, /metrics, /stats) and 404s
-unknown paths before any WebSocket handshake; the feed paths go on to ``_handle``, which
-runs Alpaca's session protocol: connected → auth → subscribe/unsubscribe.
+``process_request`` answers plain HTTP (/healthz, /readyz, /metrics, /stats, Alpaca's
+historical API under /v2/stocks/ and /v1beta3/crypto/us/, the fault controls under
+/admin/ when enabled) and 404s unknown paths before any WebSocket handshake; the feed
+paths go on to ``_handle``, which runs Alpaca's session protocol: connected → auth →
+subscribe/unsubscribe.
+
+/stats says what *happened* in the market (``happened``: per feed, symbol and kind; the
+older name ``generated`` is the same), what the history keeps (``history``), and what was
+*sent* (``sent`` per feed, ``per_connection``); they differ as soon as anyone misses
+anything.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from websockets.http11 import Request, Response
 
 from tickpipe_common.logging import get_logger
 from tickpipe_market_sim import protocol
-from tickpipe_market_sim.auth import Authenticator
+from tickpipe_market_sim.auth import KEY_HEADER, SECRET_HEADER, Authenticator
 from tickpipe_market_sim.encoding import decode_frame, encoding_for
+from tickpipe_market_sim.faults import PREFIX as ADMIN_PREFIX
+from tickpipe_market_sim.faults import FaultControls
+from tickpipe_market_sim.historical import HistoricalApi
+from tickpipe_market_sim.history import History
 from tickpipe_market_sim.hub import FeedHub, Hub
 from tickpipe_market_sim.protocol import AuthRequest, ErrorCode, ProtocolError, SubscriptionRequest
-from tickpipe_market_sim.session import POLICY_VIOLATION, Session
+from tickpipe_market_sim.session import POLICY_VIOLATION, Session, Silence
 from tickpipe_market_sim.stats import SentStats
 
 log = get_logger("tickpipe_market_sim.server")
@@ -46,9 +57,6 @@ CLOSE_TIMEOUT = 2.0
 WRITER_GRACE = CLOSE_TIMEOUT + 1.0
 # WebSocket close code after an unexpected failure in a session (RFC 6455 "internal error").
 INTERNAL_ERROR_CLOSE = 1011
-# Alpaca's header authentication, the alternative to the auth message.
-KEY_HEADER = "APCA-API-KEY-ID"
-SECRET_HEADER = "APCA-API-SECRET-KEY"  # noqa: S105 - a header name, not a secret
 
 Route = Callable[[], tuple[http.HTTPStatus, str, bytes]]
 
@@ -66,8 +74,13 @@ class SimServer:
         registry: CollectorRegistry,
         auth_timeout: float,
         symbol_limit: int,
-        send_queue_limit: int,
         config: Mapping[str, Any],
+        history: History,
+        historical: HistoricalApi,
+        faults: FaultControls,
+        silence: Silence,
+        connections: dict[int, tuple[Session, ServerConnection]],
+        admin: bool,
     ) -> None:
         self._host = host
         self._port = port
@@ -78,8 +91,14 @@ class SimServer:
         self._registry = registry
         self._auth_timeout = auth_timeout
         self._symbol_limit = symbol_limit
-        self._send_queue_limit = send_queue_limit
         self._config = dict(config)
+        self._history = history
+        self._historical = historical
+        self._faults = faults
+        self._silence = silence
+        # Open sessions with their sockets: the fault controls act on them.
+        self._connections = connections
+        self._admin = admin
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._bound_port: int | None = None
@@ -166,6 +185,13 @@ class SimServer:
         path = request.path.split("?", 1)[0]
         if path in self._feeds:
             return None  # go on with the WebSocket handshake
+        if HistoricalApi.serves(path):
+            status, content_type, body, extra = self._historical.handle(
+                request.path, request.headers
+            )
+            return _response(status, content_type, body, extra)
+        if self._admin and path.startswith(ADMIN_PREFIX):
+            return _response(*self._faults.handle(request.path))
         route = self._routes.get(path)
         if route is None:
             return _response(http.HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", b"not found\n")
@@ -188,7 +214,11 @@ class SimServer:
 
     def _stats_page(self) -> tuple[http.HTTPStatus, str, bytes]:
         body = self._stats.snapshot()
-        body["generated"] = self._hub.generated()
+        happened = self._hub.generated()
+        body["happened"] = happened
+        body["generated"] = happened  # the older name, kept for its readers
+        body["history"] = self._history.snapshot()
+        body["faults"] = self._faults.snapshot()
         # A fixed run is over: nothing more will be generated (what was sent is above).
         body["finished"] = self._hub.finished()
         body["config"] = self._config
@@ -207,7 +237,8 @@ class SimServer:
             encoding_for(request.headers.get("Content-Type")),
             ws,
             self._stats,
-            self._send_queue_limit,
+            self._faults.backlog,
+            self._silence,
         )
         endpoint = feed.feed.path
         self._stats.connection_opened(session.id, endpoint, session.encoding.value)
@@ -219,6 +250,7 @@ class SimServer:
             peer=_peer(ws),
         )
         writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
+        self._connections[session.id] = (session, ws)
         try:
             session.push_control(protocol.connected())
             self._header_auth(session, feed, request.headers)
@@ -226,11 +258,11 @@ class SimServer:
         except ConnectionClosed:
             pass
         finally:
+            del self._connections[session.id]
             feed.remove(session)
-            if session.key is not None:
-                self._auth.release(session.key, endpoint)
             session.finish()
             await _settle(writer)
+            self._faults.release(session, endpoint, ws.close_code)
             self._stats.connection_closed(session.id)
             log.info(
                 "client_disconnected",
@@ -306,7 +338,8 @@ class SimServer:
         session.key = key
         self._stats.connection_authenticated(session.id, key)
         session.push_control(protocol.authenticated())
-        log.info("client_authenticated", conn=session.id, endpoint=feed.feed.path, key=key)
+        # Never the key id: logs travel further than the credentials should.
+        log.info("client_authenticated", conn=session.id, endpoint=feed.feed.path)
 
     def _subscribe(self, session: Session, feed: FeedHub, request: SubscriptionRequest) -> None:
         if not session.authenticated:
@@ -326,7 +359,12 @@ class SimServer:
         )
 
 
-def _response(status: http.HTTPStatus, content_type: str, body: bytes) -> Response:
+def _response(
+    status: http.HTTPStatus,
+    content_type: str,
+    body: bytes,
+    extra: list[tuple[str, str]] | None = None,
+) -> Response:
     headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
@@ -334,6 +372,7 @@ def _response(status: http.HTTPStatus, content_type: str, body: bytes) -> Respon
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
+            *(extra or []),
         ]
     )
     return Response(status.value, status.phrase, headers, body)

@@ -12,8 +12,9 @@ messages are batched, several per frame, when they queue up.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,27 @@ class FrameSink(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class Silence:
+    """The server-wide mute of the fault controls, shared by every session: until its
+    deadline (monotonic seconds) no session sends anything."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.until = 0.0
+
+    def remaining(self) -> float:
+        if not self.until:
+            return 0.0  # the common case costs no clock read
+        left = self.until - self._clock()
+        if left <= 0:
+            self.until = 0.0
+            return 0.0
+        return left
+
+    def mute(self, seconds: float) -> None:
+        self.until = self._clock() + seconds if seconds > 0 else 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     body: Message
@@ -54,6 +76,7 @@ class Session:
         sink: FrameSink,
         stats: SentStats,
         queue_limit: int,
+        silence: Silence | None = None,
     ) -> None:
         self.id = conn_id
         self.feed = feed
@@ -64,9 +87,13 @@ class Session:
         # it gets a full book (r=true) instead of a delta.
         self.book_synced: set[str] = set()
         self.slow = False
+        # Dropped by the fault controls (its slot may stay half-dead).
+        self.dropped = False
+        # Messages it may fall behind before a 407; the fault controls may change it.
+        self.queue_limit = queue_limit
+        self._silence = silence or Silence()
         self._sink = sink
         self._stats = stats
-        self._queue_limit = queue_limit
         self._queue: deque[_Outgoing] = deque()
         self._data_queued = 0
         self._wakeup = asyncio.Event()
@@ -90,10 +117,11 @@ class Session:
         self.push_control(error(code))
 
     def push_data(self, kind: Kind, symbol: str, body: Message) -> bool:
-        """Queue a market-data message; False when the session is (now) being dropped."""
-        if self._closing:
+        """Queue a market-data message; False when it was not queued: the session is (now)
+        being dropped, or the server is muted (the message is never sent, nor counted)."""
+        if self._closing or self._silence.remaining():
             return False
-        if self._data_queued >= self._queue_limit:
+        if self._data_queued >= self.queue_limit:
             self._drop_as_slow()
             return False
         self._queue.append(_Outgoing(body, kind, symbol))
@@ -134,6 +162,10 @@ class Session:
                         break
                     self._wakeup.clear()
                     await self._wakeup.wait()
+                    continue
+                muted = self._silence.remaining()
+                if muted:
+                    await asyncio.sleep(muted)  # the fault controls' mute: send nothing
                     continue
                 first = self._queue.popleft()
                 if first.kind is None:

@@ -106,6 +106,45 @@ class SimSettings(BaseSettings):
         validation_alias="SIM_SEND_QUEUE_LIMIT",
         description="Messages a client may fall behind before it is dropped (407).",
     )
+    trading: Literal["always", "while_subscribed"] = Field(
+        "always",
+        validation_alias="SIM_TRADING",
+        description=(
+            "always: every symbol trades from the start, listened to or not (a market); "
+            "while_subscribed: a symbol advances only while subscribed (fixed test runs)."
+        ),
+    )
+    history_seconds: float = Field(
+        900.0,
+        gt=0,
+        validation_alias="SIM_HISTORY_SECONDS",
+        description="Seconds of trades, quotes and bars kept for the historical REST API.",
+    )
+    history_events: int = Field(
+        50_000,
+        ge=0,
+        validation_alias="SIM_HISTORY_EVENTS",
+        description="At most this many events kept per feed, symbol and kind (0: no bound).",
+    )
+    history_rate_limit: int = Field(
+        0,
+        ge=0,
+        validation_alias="SIM_HISTORY_RATE_LIMIT",
+        description="Historical API requests per minute per key, else 429 (0: unlimited; "
+        "Alpaca's free plan: 200).",
+    )
+    admin: bool = Field(
+        False,
+        validation_alias="SIM_ADMIN",
+        description="Serve the fault controls under /admin/ (drop, mute, slow, half-dead).",
+    )
+    half_dead_seconds: float = Field(
+        0.0,
+        ge=0,
+        validation_alias="SIM_HALF_DEAD_SECONDS",
+        description="Seconds a dropped client's connection slot stays taken, so a reconnect "
+        "gets 406 under SIM_MAX_CONNECTIONS (Alpaca: about 90).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LOG_LEVEL", description="Lowest log level written."
     )

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tickpipe_market_sim.protocol import (
+    DOCUMENTED_CHANNELS,
     LIMITED_CHANNELS,
     WILDCARD,
     ErrorCode,
@@ -32,12 +33,22 @@ class Subscriptions:
 
     def apply(self, request: SubscriptionRequest, symbol_limit: int = 0) -> SubscriptionChange:
         """Apply a request atomically: on any error the set is left as it was (Alpaca
-        documents this for 405), so nothing is changed before everything is checked."""
-        unknown = [name for name in request.channels if name not in self._channels]
-        if unknown:
-            raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_ACTION)
-        after = {name: dict(symbols) for name, symbols in self._channels.items()}
+        documents this for 405), so nothing is changed before everything is checked.
+
+        Channels of this feed apply; the mirrored ones (corrections, cancelErrors) follow
+        trades and are ignored; another documented channel is ignored when it names no
+        symbols; anything else is Alpaca's 410.
+        """
+        wanted: dict[str, tuple[str, ...]] = {}
         for name, symbols in request.channels.items():
+            if name in self._channels:
+                wanted[name] = symbols
+            elif name in self._mirrored or (name in DOCUMENTED_CHANNELS and not symbols):
+                continue
+            else:
+                raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_ACTION)
+        after = {name: dict(symbols) for name, symbols in self._channels.items()}
+        for name, symbols in wanted.items():
             for symbol in symbols:
                 if request.action == "subscribe":
                     after[name][symbol] = None
