@@ -1,6 +1,6 @@
 """Helpers for tests that need a simulator: an in-process server on a free port, /stats.
 
-    async with running_sim(max_events_per_symbol=50, rate_per_symbol=100) as sim:
+    async with running_sim(max_events_per_symbol=50, trading="while_subscribed") as sim:
         stream = StockDataStream("k", "s", raw_data=True, url_override=sim.url("/v2/iex"))
         ...
         stats = await fetch_stats(sim)
