@@ -34,7 +34,7 @@ KIND_OF = {"t": "trade", "q": "quote", "b": "bar", "u": "updated_bar", "d": "dai
 KIND_OF["o"] = "orderbook"
 N = 12
 RATE = 60.0  # steps per second: N events take 0.2 s
-BAR_INTERVAL = 0.1  # 6 steps per bar at 60/s, so N trades make 2 bars
+BAR_INTERVAL = 0.1  # N trades at 60/s span two or three 0.1 s bar windows
 
 
 @pytest.fixture(autouse=True)
@@ -100,10 +100,17 @@ def test_stock_stream_gets_exactly_what_stats_reports() -> None:
         ("t", "AAPL"): N,
         ("t", "MSFT"): N,
         ("q", "AAPL"): N,
-        ("b", "AAPL"): 2,
-        ("b", "MSFT"): 2,
-        ("d", "AAPL"): 2,
     }
+
+    def bar_trades(got: list[dict[str, Any]], symbol: str) -> int:
+        return sum(m["n"] for m in got if m["T"] == "b" and m["S"] == symbol)
+
+    def complete(got: list[dict[str, Any]]) -> bool:
+        """Every capped trade arrived and is in a closed bar (the cap closes the last)."""
+        have = counts(got)
+        return all(have[k] >= n for k, n in expected.items()) and all(
+            bar_trades(got, s) >= N for s in ("AAPL", "MSFT")
+        )
 
     async def scenario() -> dict[str, Any]:
         async with running_sim(
@@ -123,7 +130,7 @@ def test_stock_stream_gets_exactly_what_stats_reports() -> None:
             stream.subscribe_daily_bars(on_message, "AAPL")
             stream.subscribe_updated_bars(on_message, "*")
             task = asyncio.create_task(stream._run_forever())
-            await inbox.wait_for(lambda got: all(counts(got)[k] >= n for k, n in expected.items()))
+            await inbox.wait_for(complete)
             # A late print revises a bar one step after it closed: let the last one arrive.
             await asyncio.sleep(5 / RATE)
             await stop(stream, task)
@@ -133,6 +140,19 @@ def test_stock_stream_gets_exactly_what_stats_reports() -> None:
 
     got = counts(received)
     assert {k: got[k] for k in expected} == expected
+    # Bars are real time windows: one per 0.1 s interval in which the symbol traded, and
+    # each holds exactly the trades stamped inside it.
+    window_ns = round(BAR_INTERVAL * 1e9)
+    for symbol in ("AAPL", "MSFT"):
+        stamps = [m["t"].to_unix_nano() for m in received if m["T"] == "t" and m["S"] == symbol]
+        closed = [m for m in received if m["T"] == "b" and m["S"] == symbol]
+        assert [b["t"].to_unix_nano() for b in closed] == sorted(
+            {t - t % window_ns for t in stamps}
+        )
+        for closed_bar in closed:
+            start = closed_bar["t"].to_unix_nano()
+            assert closed_bar["n"] == sum(1 for t in stamps if start <= t < start + window_ns)
+    assert got[("d", "AAPL")] == got[("b", "AAPL")], "a daily bar follows each bar"
     assert got[("q", "MSFT")] == 0, "only what was subscribed"
     updates = [m for m in received if m["T"] == "u"]
     assert {m["S"] for m in updates} <= {"AAPL", "MSFT", "TSLA"}

@@ -177,7 +177,7 @@ def test_two_clients_get_the_same_events_and_both_are_counted() -> None:
     sent_two = sum(per["2"]["sent"]["AAPL"].values())
     assert stats["sent"]["/v2/iex"]["AAPL"]["trade"] == 5 + sent_two
     assert per["1"]["sent"] == {"AAPL": {"trade": 5}}
-    assert stats["generated"]["/v2/iex"]["AAPL"] == {"trade": 5}
+    assert stats["generated"]["/v2/iex"]["AAPL"]["trade"] == 5
 
 
 def test_the_test_feed_only_has_fakepaca() -> None:

@@ -179,7 +179,10 @@ def test_generated_counts() -> None:
     h.change(session, "subscribe", trades=["AAPL"])
     for _ in range(5):
         h.hub.tick()
-    assert h.hub.generated() == {"AAPL": {"trade": 2}}
+    generated = h.hub.generated()
+    assert list(generated) == ["AAPL"]
+    # Two trades, then the cap closes their bar (made though only trades were wanted).
+    assert (generated["AAPL"]["trade"], generated["AAPL"]["bar"]) == (2, 1)
 
 
 @pytest.mark.parametrize(

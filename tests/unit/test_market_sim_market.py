@@ -38,6 +38,7 @@ def make_market(
     steps_per_bar: int = 5,
     max_events: int = 0,
     clock: EventClock | None = None,
+    time_windows: bool = False,
 ) -> SymbolMarket:
     return SymbolMarket(
         profile=profile_for(symbol, asset_class),
@@ -47,6 +48,7 @@ def make_market(
         steps_per_bar=steps_per_bar,
         bar_interval_ns=SECOND,
         max_events=max_events,
+        time_windows=time_windows,
     )
 
 
@@ -306,3 +308,42 @@ def test_a_capped_market_says_when_it_has_finished(wanted: frozenset[Kind]) -> N
     assert len(bodies(events, Kind.TRADE)) == len(bodies(events, Kind.QUOTE)) == 12
     assert run(market, 200, wanted) == []  # nothing more, ever
     assert not make_market().finished(wanted)  # an uncapped market never finishes
+
+
+def test_time_windows_hold_exactly_the_trades_of_their_interval_across_a_pause() -> None:
+    """The live hub's bars: a pause in the steps (nobody subscribed, a stall) does not put
+    trades from both sides of it into one bar."""
+    now = [START_NS]
+
+    def source() -> int:
+        now[0] += 130_000_017
+        return now[0]
+
+    market = make_market(clock=EventClock(source), time_windows=True)
+    events = run(market, 25, {Kind.BAR, Kind.TRADE})
+    now[0] += 7 * SECOND + 400_000_000  # the pause
+    events += run(market, 25, {Kind.BAR, Kind.TRADE})
+    trades, bars = bodies(events, Kind.TRADE), bodies(events, Kind.BAR)
+    assert len(bars) >= 5
+    for bar in bars:
+        t = bar["t"].ns
+        inside = [m for m in trades if t <= m["t"].ns < t + SECOND]
+        assert t % SECOND == 0
+        assert bar["n"] == len(inside) > 0
+        assert bar["v"] == sum(m["s"] for m in inside)
+        assert (bar["o"], bar["c"]) == (inside[0]["p"], inside[-1]["p"])
+    covered = sum(bar["n"] for bar in bars)
+    last_t = bars[-1]["t"].ns
+    assert covered == len([m for m in trades if m["t"].ns < last_t + SECOND])
+    # Each bar comes after the last trade of its interval and before the next one.
+    order = [(e.kind, e.body["t"].ns) for e in events if e.kind in (Kind.BAR, Kind.TRADE)]
+    for i, (kind, t) in enumerate(order):
+        if kind is Kind.BAR:
+            assert order[i - 1][1] < t + SECOND <= order[i + 1][1]
+
+
+def test_time_windows_close_the_last_bar_at_the_trade_cap() -> None:
+    market = make_market(max_events=4, time_windows=True)
+    events = run(market, 10, {Kind.BAR, Kind.TRADE})
+    bars = bodies(events, Kind.BAR)
+    assert sum(bar["n"] for bar in bars) == 4, "every capped trade is in a closed bar"

@@ -331,17 +331,18 @@ def _aggregate(
 def _merge(bars: Sequence[Message], t_ns: int, symbol: str) -> Message:
     volume = sum(bar["v"] for bar in bars)
     notional = sum(bar["vw"] * bar["v"] for bar in bars)
+    high, low = max(bar["h"] for bar in bars), min(bar["l"] for bar in bars)
     return {
         "T": "b",
         "S": symbol,
         "o": bars[0]["o"],
-        "h": max(bar["h"] for bar in bars),
-        "l": min(bar["l"] for bar in bars),
+        "h": high,
+        "l": low,
         "c": bars[-1]["c"],
         "v": volume if isinstance(volume, int) else round(volume, 9),
         "t": EpochNanos(t_ns),
         "n": sum(bar["n"] for bar in bars),
-        "vw": notional / volume if volume else 0.0,
+        "vw": min(max(notional / volume, low), high) if volume else 0.0,
     }
 
 

@@ -157,6 +157,7 @@ class FeedHub:
                 steps_per_bar=self._steps_per_bar,
                 bar_interval_ns=self._bar_interval_ns,
                 max_events=self._max_events,
+                time_windows=True,
             )
             self.markets[symbol] = market
         return market

@@ -1,9 +1,16 @@
 """One symbol's simulated market: a seeded random walk and the messages it produces.
 
 The market advances in *steps* (the hub calls :meth:`SymbolMarket.advance` at
-SIM_RATE_PER_SYMBOL steps per second while anyone listens). Each step moves the mid price
-one notch of a mean-reverting geometric random walk and yields at most one event of every
-kind someone wants: a trade, a quote, an order-book delta, and, at bar boundaries, bars.
+SIM_RATE_PER_SYMBOL steps per second). Each step moves the mid price one notch of a
+mean-reverting geometric random walk and yields at most one event of every kind wanted: a
+trade, a quote, an order-book delta, and, when a bar window closes, bars.
+
+Bar windows are real time windows (``time_windows``, what the live hub uses): a bar holds
+exactly the trades stamped in ``[t, t + SIM_BAR_INTERVAL)``, and closes when the first trade
+of a later interval comes (or when the trade cap is reached, so a fixed run ends with its
+last bar), so a pause in the steps never puts trades from both sides of it into one bar.
+Without it (the firehose's pre-generated runs) a bar closes every ``steps_per_bar`` steps,
+which keeps the mix of a run independent of how fast it was generated.
 
 Determinism: every kind draws from its own random stream, seeded from (SIM_SEED, symbol,
 kind), and the mid price from another, so the n-th step of a symbol is the same in every
@@ -103,8 +110,11 @@ class SymbolMarket:
         steps_per_bar: int,
         bar_interval_ns: int,
         max_events: int = 0,
+        time_windows: bool = False,
     ) -> None:
         self.symbol = profile.symbol
+        self._time_windows = time_windows
+        self._closed: list[Event] = []
         self._profile = profile
         self._stock = profile.asset_class is AssetClass.STOCK
         self._scale = int(10**profile.price_decimals)
@@ -150,10 +160,17 @@ class SymbolMarket:
         events: list[Event] = []
         if self._late is not None:
             events.extend(self._late_print())
-        if self.step > 0 and self.step % self._steps_per_bar == 0:
+        if self._time_windows:
+            if self._window is not None and not self._room(Kind.TRADE):
+                events.extend(self._close_window())  # no trade will ever close it
+        elif self.step > 0 and self.step % self._steps_per_bar == 0:
             events.extend(self._close_window())
         if wanted & TRADE_FEEDING and self._room(Kind.TRADE):
-            events.append(self._trade())
+            trade = self._trade()
+            if self._closed:  # the trade began a new interval: the old bar comes first
+                events.extend(self._closed)
+                self._closed = []
+            events.append(trade)
         if Kind.QUOTE in wanted and self._room(Kind.QUOTE):
             events.append(self._quote())
         if Kind.ORDERBOOK in wanted and not self._stock and self._room(Kind.ORDERBOOK):
@@ -308,6 +325,13 @@ class SymbolMarket:
 
     def _record_trade(self, ticks: int, size: float, now: int) -> None:
         price = self._price(ticks)
+        if (
+            self._time_windows
+            and self._window is not None
+            and now - now % self._bar_interval_ns
+            != self._window.first_ns - self._window.first_ns % self._bar_interval_ns
+        ):
+            self._closed.extend(self._close_window())
         if self._window is None:
             self._window = _Window(first_ns=now, bar=_Bar.starting(0, ticks))
         self._window.bar.add(ticks, size, price)
@@ -356,17 +380,19 @@ class SymbolMarket:
 
     def _bar_message(self, kind: Kind, bar: _Bar) -> Message:
         volume = bar.volume if self._stock else round(bar.volume, 9)
+        low, high = self._price(bar.low), self._price(bar.high)
         return {
             "T": WIRE_TYPE[kind],
             "S": self.symbol,
             "o": self._price(bar.open),
-            "h": self._price(bar.high),
-            "l": self._price(bar.low),
+            "h": high,
+            "l": low,
             "c": self._price(bar.close),
             "v": volume,
             "t": EpochNanos(bar.t),
             "n": bar.count,
-            "vw": bar.notional / bar.volume,
+            # Clamped: with every print at one price, float division can land a hair outside.
+            "vw": min(max(bar.notional / bar.volume, low), high),
         }
 
     # --- order book (crypto) --------------------------------------------------------
