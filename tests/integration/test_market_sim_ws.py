@@ -24,6 +24,7 @@ from tests.integration.sim_client import (
     session,
 )
 from tickpipe_common.timestamps import parse_rfc3339_ns
+from tickpipe_market_sim.server import WEBSOCKETS_LOGGER
 from tickpipe_market_sim.testing import fetch_stats, http_get, running_sim
 
 pytestmark = pytest.mark.timeout(60)
@@ -354,3 +355,26 @@ def test_stopping_the_server_closes_clients_with_1001() -> None:
             return ws.close_code
 
     assert asyncio.run(scenario()) == 1001
+
+
+def test_no_key_id_or_secret_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    key, secret = "key-id-3f9a1c", "secret-77b2e0"
+
+    async def scenario() -> None:
+        async with running_sim() as sim:
+            async with session(sim, auth={"action": "auth", "key": key, "secret": secret}) as ws:
+                await request(ws, {"action": "subscribe", "trades": ["AAPL"]})
+            headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret}
+            async with connect(sim.url("/v2/sip"), additional_headers=headers) as ws:
+                await recv_json(ws)
+
+    asyncio.run(scenario())
+    # The sim's own lines; websockets' frame dumps are DEBUG, which __main__ never enables.
+    logged = "\n".join(
+        f"{r.getMessage()} {r.__dict__}"
+        for r in caplog.records
+        if not r.name.startswith(WEBSOCKETS_LOGGER.name)
+    )
+    assert "client_authenticated" in logged
+    assert key not in logged
+    assert secret not in logged

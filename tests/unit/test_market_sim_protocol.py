@@ -105,6 +105,34 @@ def test_parse_subscribe_keeps_channels_as_sent() -> None:
     assert request == SubscriptionRequest("unsubscribe", {"trades": ("AAPL",), "whatever": ()})
 
 
+def test_null_symbol_lists_are_empty_ones() -> None:
+    request = parse_request({"action": "subscribe", "trades": ["AAPL"], "quotes": None})
+    assert request == SubscriptionRequest("subscribe", {"trades": ("AAPL",), "quotes": ()})
+
+
+ALL_DOCUMENTED = (
+    *("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds"),
+    *("imbalances", "corrections", "cancelErrors", "orderbooks", "news", "pricing"),
+)
+
+
+@pytest.mark.parametrize("empty", [[], None])
+def test_every_documented_channel_key_is_tolerated(empty: list[str] | None) -> None:
+    """As the Go SDK sends them: every key, most empty or null; the feed's own channels
+    apply, the others are ignored, and corrections/cancelErrors follow trades."""
+    for subs, symbol, own in (
+        (stock_subs(), "AAPL", "bars"),
+        (crypto_subs(), "BTC/USD", "orderbooks"),
+    ):
+        message: dict[str, object] = dict.fromkeys(ALL_DOCUMENTED, empty)
+        message.update(action="subscribe", trades=[symbol])
+        message[own] = [symbol]
+        if own == "bars":
+            message["corrections"] = [symbol]  # stock only: it follows trades
+        change = subs.apply(parse_request(message))  # type: ignore[arg-type]
+        assert set(change.added) == {("trades", symbol), (own, symbol)}
+
+
 def test_reply_lists_every_channel_of_the_feed() -> None:
     assert list(stock_subs().reply()) == STOCK_REPLY_KEYS
     assert list(crypto_subs().reply()) == CRYPTO_REPLY_KEYS
