@@ -64,7 +64,7 @@ class SimSettings(BaseSettings):
         60.0,
         gt=0,
         validation_alias="SIM_BAR_INTERVAL",
-        description="Seconds of simulated trading per bar.",
+        description="Seconds of real time per bar window.",
     )
     stock_symbols: SymbolList = Field(
         DEFAULT_STOCK_SYMBOLS,
