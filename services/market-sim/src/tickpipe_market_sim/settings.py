@@ -114,14 +114,16 @@ class SimSettings(BaseSettings):
             "while_subscribed: a symbol advances only while subscribed (fixed test runs)."
         ),
     )
+    # About 600 bytes per kept event: the defaults (36 symbols, trades and quotes at 5/s,
+    # 300 s) hold ~110k events, ~65 MB, inside the chart's 256 MiB limit.
     history_seconds: float = Field(
-        900.0,
+        300.0,
         gt=0,
         validation_alias="SIM_HISTORY_SECONDS",
         description="Seconds of trades, quotes and bars kept for the historical REST API.",
     )
     history_events: int = Field(
-        50_000,
+        5_000,
         ge=0,
         validation_alias="SIM_HISTORY_EVENTS",
         description="At most this many events kept per feed, symbol and kind (0: no bound).",
