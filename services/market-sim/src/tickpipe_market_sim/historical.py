@@ -181,9 +181,9 @@ class HistoricalApi:
         if key is None or secret is None:
             if crypto:
                 return "anonymous"  # Alpaca serves crypto history without keys
-            raise ApiError(http.HTTPStatus.UNAUTHORIZED, "unauthorized.")
+            raise ApiError(http.HTTPStatus.UNAUTHORIZED, "unauthorized")
         if not self._auth.credentials_ok(key, secret):
-            raise ApiError(http.HTTPStatus.FORBIDDEN, "forbidden.")
+            raise ApiError(http.HTTPStatus.FORBIDDEN, "forbidden")
         return key
 
     def _parse(self, path: str, params: Mapping[str, list[str]]) -> Query:
