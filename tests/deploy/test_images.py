@@ -106,6 +106,7 @@ def parse_dockerfile(text: str) -> list[Stage]:
     image = ""
     name: str | None = None
     body: list[Instruction] = []
+    global_args: dict[str, str] = {}  # ARGs before the first FROM, with their defaults
     for line in logical:
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
@@ -115,11 +116,17 @@ def parse_dockerfile(text: str) -> list[Stage]:
             flag, _, rest = rest.partition(" ")
             flags.append(flag)
             rest = rest.strip()
-        if keyword == "FROM":
+        if keyword == "ARG" and not image:
+            arg, _, default = rest.partition("=")
+            global_args[arg.strip()] = default.strip()
+        elif keyword == "FROM":
             if image:
                 stages.append(Stage(image, name, tuple(body)))
             parts = rest.split()
-            image = parts[0]
+            # FROM ${BASE_IMAGE}: the image the Dockerfile builds on when no --build-arg is given
+            image = re.sub(
+                r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: global_args[m.group(1)], parts[0]
+            )
             name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
             body = []
         elif image:
