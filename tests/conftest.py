@@ -3,11 +3,16 @@
 Where they come from, in order:
 1. ``TICKPIPE_TEST_KAFKA_BOOTSTRAP`` / ``TICKPIPE_TEST_DATABASE_URL`` (or the services' own
    ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL``): any broker and database you point at;
-2. testcontainers, when a Docker engine answers;
+2. testcontainers, when a Docker engine answers AND already holds the images it would run
+   (``TICKPIPE_TEST_KAFKA_IMAGE``, default apache/kafka:4.1.1; ``TICKPIPE_TEST_POSTGRES_IMAGE``,
+   default postgres:17; and testcontainers' ryuk image unless ``TESTCONTAINERS_RYUK_DISABLED``):
+   an engine that would have to pull them from a registry is no reason to fail when the local
+   stack can run, and where no registry is reachable (CI here) that pull cannot work;
 3. the project's local process stack (``deploy/local/stack.sh``), started on demand.
 
 Under ``CI=true`` a service that cannot be had fails the test run; it never skips.
-Markers follow the folder a test lives in (unit, integration, e2e, deploy).
+Markers follow the folder a test lives in (unit, integration, e2e, deploy, engines). The live
+checks on real engines (tests/engines) run only with ``-m engines`` (``make test-deploy``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 from testcontainers.community.kafka import KafkaContainer
 from testcontainers.community.postgres import PostgresContainer
+from testcontainers.core.config import testcontainers_config
 
 from tests.availability import unavailable
 
@@ -37,7 +43,7 @@ STACK = REPO / "deploy" / "local" / "stack.sh"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = Path(str(item.path)).relative_to(REPO / "tests").parts[0]
-        if folder in ("unit", "integration", "e2e", "deploy"):
+        if folder in ("unit", "integration", "e2e", "deploy", "engines"):
             item.add_marker(getattr(pytest.mark, folder))
 
 
@@ -47,6 +53,28 @@ def _docker_answers() -> bool:
         return False
     probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20)
     return probe.returncode == 0
+
+
+KAFKA_IMAGE = os.environ.get("TICKPIPE_TEST_KAFKA_IMAGE", "apache/kafka:4.1.1")
+POSTGRES_IMAGE = os.environ.get("TICKPIPE_TEST_POSTGRES_IMAGE", "postgres:17")
+
+
+@functools.cache
+def _engine_has(image: str) -> bool:
+    probe = subprocess.run(
+        ["docker", "image", "inspect", image], capture_output=True, check=False, timeout=20
+    )
+    return probe.returncode == 0
+
+
+def _testcontainers_can_run(image: str) -> bool:
+    """A Docker engine answers and has the image, and ryuk's, without pulling anything."""
+    if not _docker_answers():
+        return False
+    needed = [image]
+    if not testcontainers_config.ryuk_disabled:
+        needed.append(testcontainers_config.ryuk_image)
+    return all(_engine_has(name) for name in needed)
 
 
 @functools.cache
@@ -72,8 +100,8 @@ def kafka_bootstrap() -> Iterator[str]:
     if given:
         yield given
         return
-    if _docker_answers():
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+    if _testcontainers_can_run(KAFKA_IMAGE):
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
             yield container.get_bootstrap_server()
         return
     try:
@@ -89,8 +117,8 @@ def pg_admin_dsn() -> Iterator[str]:
     if given:
         yield given
         return
-    if _docker_answers():
-        with PostgresContainer("postgres:17", driver=None) as container:
+    if _testcontainers_can_run(POSTGRES_IMAGE):
+        with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
             yield container.get_connection_url()
         return
     try:

