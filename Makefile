@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 RUN := deploy/compose/run.sh
 KIND := deploy/kind/kind.sh
+# The live checks' engine and images (make test-deploy).
+ENGINE := deploy/engines/docker.sh
+IMAGES := deploy/images/build.sh
 # Pinned tools outside the virtualenv (`make tools`): helm, built from its Go module.
 HELM_VERSION := v3.22.0
 TOOLS_BIN := $(CURDIR)/.tools/bin
@@ -77,6 +80,15 @@ lint: venv ## ruff and mypy (strict)
 
 test: venv tools stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest
+
+# The live checks on real engines (tests/engines, marker `engines`; plain pytest leaves them
+# out): starts the project's Docker engine unless it answers already, builds the stand-in and
+# service images (layer-cached), then runs them. CI runs it after `make test`.
+.PHONY: test-deploy
+test-deploy: venv ## live checks on a real Docker engine: build the images, run them hardened, compose up and down
+	$(ENGINE) start
+	source <($(ENGINE) env); $(IMAGES) all
+	source <($(ENGINE) env); $(BIN)/pytest -m engines tests/engines
 
 bench: bench-write-path bench-producer bench-consumer ## every benchmark mode
 
