@@ -163,13 +163,16 @@ choose_images() {
       elif [[ -z $(standins_missing) ]]; then
         IMAGES=standin IMAGES_WHY="the upstream images are not on this engine, the stand-ins (deploy/images/build.sh) are"
       else
-        IMAGES=upstream IMAGES_WHY="neither the upstream images nor the stand-ins are on this engine: pulling the upstream ones"
+        IMAGES=upstream IMAGES_WHY="neither the upstream images nor the stand-ins are on this engine"
       fi
       ;;
     *) die "TICKPIPE_IMAGES must be auto, upstream or standin, not '$TICKPIPE_IMAGES'" ;;
   esac
   if [[ $IMAGES == standin ]]; then
     COMPOSE_FILES=(--file "$COMPOSE_FILE" --file "$STANDIN_FILE")
+    # The classic builder, as deploy/images/build.sh uses: one layer cache for both, so `up`
+    # after a build.sh run rebuilds nothing (and an engine without BuildKit's CLI plugin works).
+    export DOCKER_BUILDKIT=0
   fi
 }
 
@@ -317,7 +320,9 @@ compose_up() {
   choose_images
   say "feed: $FEED"
   say "images: $IMAGES ($IMAGES_WHY)"
-  [[ $IMAGES_WHY == *pulling* ]] && pull_upstream
+  if [[ $IMAGES == upstream && -n $(missing_images "$COMPOSE_FILE") ]]; then
+    pull_upstream
+  fi
   say "building the images and starting the stack; waiting until every service is healthy"
   if ! compose up --detach --build --remove-orphans --wait --wait-timeout 900; then
     compose ps --all >&2 || true
@@ -333,7 +338,11 @@ compose_up() {
   prom=$(host_port TICKPIPE_PROMETHEUS_PORT)
   grafana=$(host_port TICKPIPE_GRAFANA_PORT)
   echo
-  echo "tickpipe is up (Docker Compose project '$PROJECT', ${COMPOSE_FILE#"$REPO"/})"
+  local files=() file
+  for file in "${COMPOSE_FILES[@]}"; do
+    [[ $file == --file ]] || files+=("${file#"$REPO"/}")
+  done
+  echo "tickpipe is up (Docker Compose project '$PROJECT', ${files[*]})"
   printf '  %-16s %s\n' Kafka "127.0.0.1:$kafka  (topics market_ticks, market_ticks.dlq)"
   printf '  %-16s %s\n' PostgreSQL "postgresql://tickpipe@127.0.0.1:$pg/marketdata  (password: POSTGRES_PASSWORD in ${ENV_FILE#"$REPO"/}; make psql)"
   if [[ ,$COMPOSE_PROFILES, == *,sim,* ]]; then

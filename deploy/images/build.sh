@@ -57,7 +57,7 @@ build() { # TAG CONTEXT-ARGS... (the rest of a `docker build` command line)
   # failure, so a CI log shows the step that broke and not 500 lines of pip.
   local log
   log=$(mktemp)
-  if ! DOCKER_BUILDKIT=0 docker build --network host --tag "$tag" "$@" >"$log" 2>&1; then
+  if ! DOCKER_BUILDKIT=0 docker build --force-rm --network host --tag "$tag" "$@" >"$log" 2>&1; then
     tail -n 60 -- "$log" >&2
     rm -f -- "$log"
     die "docker build of $tag failed (its last lines above)"
