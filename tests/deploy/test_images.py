@@ -170,6 +170,8 @@ def hadolint_binary() -> str:
 
 def test_hadolint_finds_nothing_in_any_dockerfile() -> None:
     files = [str(dockerfile(s)) for s in SERVICES]
+    # and the stand-ins deploy/images/build.sh makes where no registry is
+    files += [str(p) for p in sorted((REPO / "deploy" / "images" / "standin").glob("*/Dockerfile"))]
     # Every level counts, style included; a .hadolint.yaml may ignore rules, each with a reason.
     result = subprocess.run(
         [hadolint_binary(), "--format", "json", "--failure-threshold", "style", *files],
