@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 RUN_SH = COMPOSE_DIR / "run.sh"
+BUILD_SH = REPO / "deploy" / "images" / "build.sh"
 CHART_FILES = REPO / "deploy" / "helm" / "tickpipe" / "files"
 TICKPIPE = tuple(SERVICE_SETTINGS)
 PRODUCERS = ("producer-stocks", "producer-crypto")
@@ -61,6 +62,43 @@ def compose_binary() -> str:
         unavailable("docker-compose", "no compose/docker-compose in .venv's packages (make venv)")
     assert found is not None
     return found
+
+
+def test_the_standin_override_replaces_every_upstream_image() -> None:
+    """standins.yaml: only images deploy/images/build.sh makes, and no Grafana."""
+    result = subprocess.run(
+        [
+            compose_binary(),
+            "--file",
+            str(COMPOSE_FILE),
+            "--file",
+            str(COMPOSE_DIR / "standins.yaml"),
+            "--env-file",
+            os.devnull,
+            "--profile",
+            "sim",
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=REPO,
+        env=clean_environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    built = dict(re.findall(r"^([A-Z]+)_TAG=(\S+)$", BUILD_SH.read_text(), re.MULTILINE))
+    assert "grafana" not in services, "Grafana has no stand-in: it does not run"
+    for name, service in services.items():
+        if name in TICKPIPE:
+            assert service["build"]["args"]["BASE_IMAGE"] == built["PYTHON"], name
+            assert service["image"] == f"tickpipe-{name}:local"
+        else:
+            assert service["image"] in built.values(), f"{name}: {service['image']}"
+            assert service["pull_policy"] == "never", name
 
 
 def test_a_failing_compose_command_fails() -> None:
