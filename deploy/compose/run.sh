@@ -129,38 +129,44 @@ COMPOSE_FILES=(--file "$COMPOSE_FILE")
 IMAGES=
 IMAGES_WHY=
 missing_images() { # COMPOSE-FILE... -> the images (not built by compose) the engine lacks
-  local args=() file image
+  local args=() file image images
   for file in "$@"; do args+=(--file "$file"); done
-  COMPOSE_PROFILES=sim,grafana "${COMPOSE[@]}" --project-name "$PROJECT" "${args[@]}" \
-    config --images 2>/dev/null | sort -u | while IFS= read -r image; do
-    [[ $image == tickpipe-*:local ]] && continue # built by compose from this repository
+  images=$(COMPOSE_PROFILES=sim,grafana "${COMPOSE[@]}" --project-name "$PROJECT" "${args[@]}" \
+    config --images) || die "compose could not read ${args[*]//"$HERE"\//} (its message above)"
+  while IFS= read -r image; do
+    [[ -z $image || $image == tickpipe-*:local ]] && continue # built by compose from here
     docker image inspect "$image" >/dev/null 2>&1 || printf '%s\n' "$image"
-  done
+  done < <(sort -u <<<"$images")
 }
 
 standin_base() { sed -n 's/^ *BASE_IMAGE: *//p' "$STANDIN_FILE" | head -n 1; }
 
 standins_missing() {
-  local base
+  local base missing
   base=$(standin_base)
+  missing=$(missing_images "$COMPOSE_FILE" "$STANDIN_FILE") || exit 1
   # Grafana has no stand-in (standins.yaml moves it to a profile of its own)
-  missing_images "$COMPOSE_FILE" "$STANDIN_FILE" | grep -v '^grafana/grafana:' || true
+  grep -v -e '^grafana/grafana:' -e '^$' <<<"$missing" || true
   docker image inspect "$base" >/dev/null 2>&1 || printf '%s\n' "$base"
 }
 
+# (Each $(...) below exits on its own when compose fails; `|| exit` ends run.sh with it.)
 choose_images() {
   local missing
   case ${TICKPIPE_IMAGES:-auto} in
     upstream) IMAGES=upstream IMAGES_WHY="TICKPIPE_IMAGES=upstream" ;;
     standin)
       IMAGES=standin IMAGES_WHY="TICKPIPE_IMAGES=standin"
-      missing=$(standins_missing)
+      missing=$(standins_missing) || exit 1
       [[ -z $missing ]] || die "TICKPIPE_IMAGES=standin, but these stand-ins are not built: ${missing//$'\n'/ }; build them with deploy/images/build.sh standins"
       ;;
     auto)
-      if [[ -z $(missing_images "$COMPOSE_FILE") ]]; then
+      local upstream_missing standin_missing
+      upstream_missing=$(missing_images "$COMPOSE_FILE") || exit 1
+      standin_missing=$(standins_missing) || exit 1
+      if [[ -z $upstream_missing ]]; then
         IMAGES=upstream IMAGES_WHY="the upstream images are on this engine"
-      elif [[ -z $(standins_missing) ]]; then
+      elif [[ -z $standin_missing ]]; then
         IMAGES=standin IMAGES_WHY="the upstream images are not on this engine, the stand-ins (deploy/images/build.sh) are"
       else
         IMAGES=upstream IMAGES_WHY="neither the upstream images nor the stand-ins are on this engine"
@@ -320,7 +326,9 @@ compose_up() {
   choose_images
   say "feed: $FEED"
   say "images: $IMAGES ($IMAGES_WHY)"
-  if [[ $IMAGES == upstream && -n $(missing_images "$COMPOSE_FILE") ]]; then
+  local missing
+  missing=$(missing_images "$COMPOSE_FILE") || exit 1
+  if [[ $IMAGES == upstream && -n $missing ]]; then
     pull_upstream
   fi
   say "building the images and starting the stack; waiting until every service is healthy"

@@ -580,6 +580,7 @@ case $1 in
     [[ ${FAKE_COMPOSE_PLUGIN:-yes} == yes ]] || { echo "docker: no compose plugin" >&2; exit 1; }
     if [[ $2 == version ]]; then echo "${FAKE_COMPOSE_VERSION:-2.40.3}"; exit 0; fi
     if [[ " $* " == *" config --images "* ]]; then
+      [[ -z ${FAKE_COMPOSE_CONFIG_RC-} ]] || { echo "fake: invalid compose file" >&2; exit 1; }
       # the upstream images, or with the override file the stand-ins
       if [[ " $* " == *standins.yaml* ]]; then
         printf '%s\n' tickpipe-standin/kafka:4.3.1 grafana/grafana:13.2.3 tickpipe-consumer:local
@@ -885,3 +886,10 @@ def test_standin_images_are_refused_until_they_are_built(workspace: Workspace) -
     assert result.returncode != 0
     assert "deploy/images/build.sh standins" in result.stderr
     assert not workspace.calls()
+
+
+def test_up_fails_when_compose_cannot_read_the_files(workspace: Workspace) -> None:
+    result = workspace.run("up", FAKE_COMPOSE_CONFIG_RC="1")
+    assert result.returncode != 0
+    assert "compose could not read" in result.stderr
+    assert not workspace.calls(), "no compose up after a failed config"
