@@ -23,7 +23,8 @@
 #
 # Cache-friendly: the debootstrap base is made only when its tag is missing (delete the tag, or
 # TICKPIPE_REBUILD_BASE=1, to refresh it); every other image is a `docker build` whose layers
-# the engine caches, so a second run with unchanged sources takes seconds. Builds use the
+# the engine caches, so a second run with unchanged sources takes seconds; the images a rebuild
+# replaced are removed (the layer cache is kept). Builds use the
 # host's network (`--network host`): pip and apt inside them reach the package registries the
 # way this machine does, and an engine started with --bridge=none has no other network.
 #
@@ -167,6 +168,18 @@ services() {
   done
 }
 
+# The images a rebuild replaced (untagged now). Not the classic builder's cache: the builder
+# stages carry none of these labels (the services' labels are set in their runtime stage only).
+prune_replaced() {
+  local label
+  for label in org.opencontainers.image.vendor=tickpipe \
+    org.opencontainers.image.title=tickpipe-standin/kafka \
+    org.opencontainers.image.title=tickpipe-standin/postgres \
+    org.opencontainers.image.title=tickpipe-standin/prometheus; do
+    docker image prune --force --filter "label=$label" >/dev/null
+  done
+}
+
 report() {
   say "image sizes:"
   local tag
@@ -193,6 +206,7 @@ main() {
       *) die "unknown target '$what' (all, standins or services)" ;;
     esac
   done
+  prune_replaced
   local images=("$DEBIAN_TAG" "$PYTHON_TAG" "$KAFKA_TAG" "$POSTGRES_TAG" "$PROMETHEUS_TAG") service
   for service in "${SERVICES[@]}"; do images+=("tickpipe-$service:local"); done
   report "${images[@]}"
