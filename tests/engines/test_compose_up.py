@@ -3,7 +3,8 @@
 ``make up`` runs deploy/compose/run.sh, which finds the upstream images missing and the
 stand-ins built (deploy/images/build.sh) and runs compose with deploy/compose/standins.yaml.
 The stack runs under a project name of its own and on free ports, so it meets no other stack on
-the machine. The simulator sends a fixed number of events per symbol and the producers publish
+the machine. The simulator sends a fixed number of events per symbol (advancing only while
+subscribed) and the producers publish
 every tick (PUBLISH_MODE=every_tick), so what lands in market_ticks must equal, per symbol and
 kind, what the simulator's /stats says it sent. Prometheus must scrape every target and load
 every rule the chart ships. ``make down`` must leave nothing running. A failing compose command
@@ -89,6 +90,7 @@ def environment(project: str, **extra: str) -> dict[str, str]:
         TICKPIPE_COMPOSE_PROJECT=project,
         PUBLISH_MODE="every_tick",
         SIM_MAX_EVENTS_PER_SYMBOL=str(EVENTS_PER_SYMBOL),
+        SIM_TRADING="while_subscribed",  # every event of the fixed run reaches a producer
         SIM_RATE_PER_SYMBOL="20",
         **extra,
     )
