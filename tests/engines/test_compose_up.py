@@ -171,11 +171,27 @@ def stored(stack: dict[str, Any]) -> Counter[tuple[str, str]]:
 def test_rows_match_the_simulators_stats(stack: dict[str, Any]) -> None:
     stats_url = f"http://127.0.0.1:{port(stack, 'TICKPIPE_SIM_PORT')}/stats"
 
-    def feed_done() -> bool:
-        sent = sim_sent(http_json(stats_url))
-        return bool(sent) and all(n >= EVENTS_PER_SYMBOL for n in sent.values())
+    # The run is over when the simulator says nothing more will be generated and it has sent
+    # every generated event of the kinds the producers subscribed to (a market also makes
+    # daily bars nobody asked for).
+    def run_finished() -> bool:
+        stats = http_json(stats_url)
+        sent = sim_sent(stats)
+        kinds = {kind for _, kind in sent}
+        generated = {
+            (symbol, kind): n
+            for per_symbol in stats["generated"].values()
+            for symbol, per_kind in per_symbol.items()
+            for kind, n in per_kind.items()
+            if kind in kinds
+        }
+        return (
+            bool(sent)
+            and bool(stats["finished"])
+            and all(sent[key] >= n for key, n in generated.items())
+        )
 
-    wait_for(feed_done, 180, f"the simulator to send {EVENTS_PER_SYMBOL} events per symbol")
+    wait_for(run_finished, 180, f"the simulator to finish its run of {EVENTS_PER_SYMBOL} events")
     stats = http_json(stats_url)
     sent = sim_sent(stats)
     assert sum(sent.values()) == stats["totals"]["messages"]
