@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack.sh
 RUN := deploy/compose/run.sh
 KIND := deploy/kind/kind.sh
-# The live checks' engine and images (make test-deploy).
+# The live checks' engine, images and cluster (make test-deploy).
 ENGINE := deploy/engines/docker.sh
 IMAGES := deploy/images/build.sh
+CLUSTER := deploy/cluster/cluster.sh
 # Pinned tools outside the virtualenv (`make tools`): helm, built from its Go module.
 HELM_VERSION := v3.22.0
 TOOLS_BIN := $(CURDIR)/.tools/bin
@@ -19,7 +20,7 @@ PACKAGES := -e libs/common -e services/producer-stocks -e services/producer-cryp
             -e services/consumer -e services/market-sim \
             -e tools/localstack -e tools/status
 
-.PHONY: help venv tools up down ps logs psql kind-up kind-down test lint typecheck unit integration e2e stack-up stack-down bench bench-write-path bench-producer bench-consumer
+.PHONY: help venv tools up down ps logs psql kind-up kind-down cluster-up cluster-down test-cluster cluster-check test lint typecheck unit integration e2e stack-up stack-down bench bench-write-path bench-producer bench-consumer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +68,28 @@ kind-up: ## a kind cluster with Strimzi and the chart, images built and loaded; 
 kind-down: ## delete the kind cluster
 	@$(KIND) down
 
+cluster-up: ## a local single-node Kubernetes without kind or registries (as root; KUBECONFIG set: that cluster)
+	@$(CLUSTER) up
+
+cluster-down: ## delete the local cluster; the host's network and sysctls go back as they were
+	@$(CLUSTER) down
+
+# The chart on a real Kubernetes (tests/engines/test_chart_on_cluster.py): the images from
+# deploy/images/build.sh on the project's Docker engine, loaded into the local cluster's node.
+# A cluster this target started is deleted at the end, pass or fail (sysctls restored).
+test-cluster: venv tools ## build the images, then install the chart on the local cluster (make cluster-up) and check it live
+	$(ENGINE) start
+	source <($(ENGINE) env); $(IMAGES) all
+	@$(MAKE) --no-print-directory cluster-check
+
+cluster-check: venv tools
+	@started=false; $(CLUSTER) is-up || started=true; \
+	$(CLUSTER) up || exit 1; \
+	source <($(ENGINE) env); rc=0; \
+	$(BIN)/pytest -m engines tests/engines/test_chart_on_cluster.py || rc=$$?; \
+	if $$started; then $(CLUSTER) down || rc=1; fi; \
+	exit $$rc
+
 stack-up: venv ## start only Kafka and PostgreSQL (what the tests need)
 	@$(STACK) start infra
 
@@ -76,7 +99,7 @@ stack-down: ## stop Kafka and PostgreSQL
 lint: venv ## ruff and mypy (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src services/*/src tools/*/src tests bench
+	$(BIN)/mypy libs/common/src services/*/src tools/*/src tests bench deploy/cluster/*.py
 
 test: venv tools stack-up lint ## every test: unit, integration, end to end, against the local stack
 	set -a; source <($(STACK) env); set +a; $(BIN)/pytest
@@ -85,10 +108,11 @@ test: venv tools stack-up lint ## every test: unit, integration, end to end, aga
 # out): starts the project's Docker engine unless it answers already, builds the stand-in and
 # service images (layer-cached), then runs them. CI runs it after `make test`.
 .PHONY: test-deploy
-test-deploy: venv ## live checks on a real Docker engine: build the images, run them hardened, compose up and down
+test-deploy: venv tools ## live checks on real engines: images built and run hardened, compose up and down, the chart on the local Kubernetes
 	$(ENGINE) start
 	source <($(ENGINE) env); $(IMAGES) all
-	source <($(ENGINE) env); $(BIN)/pytest -m engines tests/engines
+	source <($(ENGINE) env); $(BIN)/pytest -m engines tests/engines --ignore=tests/engines/test_chart_on_cluster.py
+	@$(MAKE) --no-print-directory cluster-check
 
 bench: bench-write-path bench-producer bench-consumer ## every benchmark mode
 

@@ -98,10 +98,12 @@ def test_lint_strict(case: str) -> None:
 def test_renders_valid_names(case: str, rendered: ChartRenders) -> None:
     objects = rendered(case).objects
     assert objects, f"{case}: nothing rendered"
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for obj in objects:
         assert {"apiVersion", "kind", "metadata"} <= obj.keys()
-        key = (obj["kind"], obj["metadata"]["name"])
+        # A hook may share its name with a hook of another event (the test pod's remover).
+        hook = (obj["metadata"].get("annotations") or {}).get("helm.sh/hook", "")
+        key = (obj["kind"], obj["metadata"]["name"], hook)
         assert key not in seen, f"{case}: two objects {key}"
         seen.add(key)
         assert name_problems(obj) == []
@@ -699,10 +701,22 @@ def test_backup_volume(case: str, rendered: ChartRenders) -> None:
             render_.named("PersistentVolumeClaim", claim)
 
 
+def _hook_pods(render_: Render, event: str) -> list[Manifest]:
+    return [
+        p
+        for p in render_.of_kind("Pod")
+        if (p["metadata"].get("annotations") or {}).get("helm.sh/hook") == event
+    ]
+
+
+def _delete_policies(obj: Manifest) -> set[str]:
+    policy = obj["metadata"]["annotations"].get("helm.sh/hook-delete-policy", "")
+    return {p.strip() for p in policy.split(",") if p.strip()}
+
+
 def test_test_hook_checks_rows_arriving(rendered: ChartRenders) -> None:
     render_ = rendered("default")
-    (pod,) = render_.of_kind("Pod")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (pod,) = _hook_pods(render_, "test")
     (container,) = pod["spec"]["containers"]
     script = container["command"][-1]
     assert "market_ticks" in script
@@ -711,6 +725,86 @@ def test_test_hook_checks_rows_arriving(rendered: ChartRenders) -> None:
     ref = env_of(container)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     consumer_ref = _container_env(render_, "consumer")["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == consumer_ref
+
+
+def test_test_pod_outlives_the_test_for_helm_test_logs(rendered: ChartRenders) -> None:
+    """`helm test --logs` reads the pod's log after the test: a hook-succeeded (or -failed)
+    policy deletes the pod first and makes the command fail although the test passed."""
+    (pod,) = _hook_pods(rendered("default"), "test")
+    assert _delete_policies(pod) == {"before-hook-creation"}
+    runs = {
+        "NOTES.txt": (CHART / "templates" / "NOTES.txt").read_text(),
+        "README.md": (CHART.parents[2] / "README.md").read_text(),
+        "deploy/kind/kind.sh": (CHART.parents[1] / "kind" / "kind.sh").read_text(),
+    }
+    for where, text in runs.items():
+        commands = re.findall(r"(?m)^\s*(?:if ! )?(?:\S*helm|h) test .*$", text)
+        assert commands, f"{where} runs no helm test"
+        for command in commands:
+            assert "--logs" in command, f"{where}: {command}"
+
+
+def test_uninstall_removes_the_test_pod(rendered: ChartRenders) -> None:
+    """Helm leaves hooks behind on uninstall; the pre-delete hook of the same name replaces
+    the test pod (before-hook-creation), exits at once and is deleted in turn."""
+    render_ = rendered("default")
+    (test_pod,) = _hook_pods(render_, "test")
+    (remover,) = _hook_pods(render_, "pre-delete")
+    assert remover["metadata"]["name"] == test_pod["metadata"]["name"]
+    assert {"before-hook-creation", "hook-succeeded"} <= _delete_policies(remover)
+    (container,) = remover["spec"]["containers"]
+    assert container["command"] == ["python", "-c", "pass"]
+    consumer_image = _deployment(render_, "consumer")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == consumer_image[0]["image"]
+    assert remover["spec"]["automountServiceAccountToken"] is False
+    # Without the test pod there is nothing to remove.
+    no_tests = run_helm(*template_args(None, "--set", "tests.enabled=false"))
+    assert no_tests.returncode == 0, no_tests.stderr
+    assert "helm.sh/hook: pre-delete" not in no_tests.stdout
+
+
+def _claim_classes(objects: list[Manifest]) -> dict[str, str | None]:
+    """Every claim the chart makes → its StorageClass (None: the cluster's default)."""
+    classes: dict[str, str | None] = {}
+    for obj in objects:
+        if obj["kind"] == "PersistentVolumeClaim":
+            classes[obj["metadata"]["name"]] = obj["spec"].get("storageClassName")
+        elif obj["kind"] == "StatefulSet":
+            for claim in obj["spec"].get("volumeClaimTemplates") or []:
+                name = f"{obj['metadata']['name']}/{claim['metadata']['name']}"
+                classes[name] = claim["spec"].get("storageClassName")
+        elif obj["kind"] == "KafkaNodePool":
+            for volume in obj["spec"]["storage"].get("volumes") or [obj["spec"]["storage"]]:
+                classes[f"kafka/{obj['metadata']['name']}"] = volume.get("class")
+    return classes
+
+
+def test_storage_class_for_every_claim() -> None:
+    """A cluster without a default StorageClass: one value names the class of every claim
+    the chart makes, and a claim's own class still wins."""
+    persistence = [
+        "--set",
+        "producerStocks.backup.persistence.enabled=true",
+        "--set",
+        "producerCrypto.backup.persistence.enabled=true",
+    ]
+
+    def classes(*extra: str) -> dict[str, str | None]:
+        result = run_helm(*template_args(None, *persistence, *extra))
+        assert result.returncode == 0, result.stderr
+        return _claim_classes([d for d in yaml.safe_load_all(result.stdout) if d])
+
+    default = classes()
+    assert len(default) == 4, default  # TimescaleDB, two backups, the Kafka node pool
+    assert set(default.values()) == {None}
+    assert set(classes("--set", "storageClass=local-disk").values()) == {"local-disk"}
+    mixed = classes(
+        "--set", "storageClass=local-disk", "--set", "timescaledb.persistence.storageClass=ssd"
+    )
+    assert mixed == {name: ("ssd" if "timescaledb" in name else "local-disk") for name in default}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["storageClass"] == ""
+    assert "storageClass" in (CHART / "templates" / "NOTES.txt").read_text()
 
 
 # -- monitoring --------------------------------------------------------------------------------

@@ -94,6 +94,15 @@ component's own image.repository / image.tag win, and the tag defaults to appVer
 {{- end }}
 {{- end }}
 
+{{/*
+StorageClass of a claim: its own class, else the chart-wide storageClass; empty (the
+cluster's default class) when neither is set.
+(dict "ctx" $ "class" $values.persistence.storageClass)
+*/}}
+{{- define "tickpipe.storageClass" -}}
+{{- default .ctx.Values.storageClass .class }}
+{{- end }}
+
 {{/* Is the market simulator deployed? Only when enabled and no Alpaca keys are given. */}}
 {{- define "tickpipe.sim.enabled" -}}
 {{- if and .Values.marketSim.enabled (not .Values.alpaca.existingSecret) }}true{{- end }}
