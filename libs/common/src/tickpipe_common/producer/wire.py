@@ -190,6 +190,21 @@ _FIELDS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
 }
 
 
+# A batch's messages share one receive time: its text is made once per batch, not per tick.
+# One tuple, replaced whole, so a second thread normalising at the same time stays correct.
+_last_received: tuple[int, str] = (-1, "")
+
+
+def _received_at(received_ns: int) -> str:
+    global _last_received  # noqa: PLW0603 - a one-entry cache
+    last = _last_received
+    if last[0] == received_ns:
+        return last[1]
+    text = rfc3339(received_ns)
+    _last_received = (received_ns, text)
+    return text
+
+
 def normalise(
     msg: Mapping[str, Any], asset_class: str, feed: str, received_ns: int
 ) -> dict[str, Any]:
@@ -213,7 +228,7 @@ def normalise(
             "asset_class": asset_class,
             "symbol": symbol,
             "ts": rfc3339(ts),
-            "received_at": rfc3339(received_ns),
+            "received_at": _received_at(received_ns),
             "feed": feed,
         }
         _FIELDS[kind](doc, msg)
@@ -242,9 +257,14 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 _KEYS = {column: _dumps(column) + ":" for column in COLUMNS}
 _INDEX = {column: i for i, column in enumerate(COLUMNS)}
 _EMPTY_ROW = [""] * len(COLUMNS)
-# Text values repeat (symbols, exchanges, tapes, feeds): their JSON and CSV forms are cached.
+# Text values repeat (symbols, exchanges, tapes, feeds), and so do trade and quote condition
+# lists (a handful of codes in a few combinations): their JSON and CSV forms are cached. A
+# condition list through the JSON encoder cost more than the whole rest of its tick.
 _TEXT_CACHE: dict[str, tuple[str, str]] = {}
+_CONDITIONS_CACHE: dict[tuple[str, ...], tuple[str, str]] = {}
 _TEXT_CACHE_LIMIT = 100_000
+# Unique per tick, so not cached (they would only evict the values that repeat).
+_TIMESTAMP_COLUMNS = frozenset({"ts", "received_at"})
 
 
 def _quoted(text: str) -> str:
@@ -262,6 +282,18 @@ def _text_forms(value: str) -> tuple[str, str]:
     return forms
 
 
+def _conditions_forms(conditions: list[str]) -> tuple[str, str]:
+    key = tuple(conditions)
+    forms = _CONDITIONS_CACHE.get(key)
+    if forms is None:
+        json_text = _dumps(conditions)
+        forms = (json_text, _quoted(json_text))
+        if len(_CONDITIONS_CACHE) >= _TEXT_CACHE_LIMIT:
+            _CONDITIONS_CACHE.clear()
+        _CONDITIONS_CACHE[key] = forms
+    return forms
+
+
 def encode(doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """The Kafka value and the backup row of a document, in one pass over its fields.
 
@@ -272,16 +304,24 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """
     parts: list[str] = []
     cells = _EMPTY_ROW.copy()
-    keys, index = _KEYS, _INDEX
+    keys, index, text_cache = _KEYS, _INDEX, _TEXT_CACHE
     for column, value in doc.items():
         cls = value.__class__
         if cls is float or cls is int:
             json_text = cell = repr(value)
         elif cls is str:
-            json_text, cell = _text_forms(value)
+            forms = text_cache.get(value)
+            if forms is None:
+                if column in _TIMESTAMP_COLUMNS:  # ours (``rfc3339``): nothing to escape
+                    forms = ('"' + value + '"', value)
+                else:
+                    forms = _text_forms(value)
+            json_text, cell = forms
+        elif cls is list and column == "conditions":
+            json_text, cell = _conditions_forms(value)
         elif cls is bool:
             json_text = cell = "true" if value else "false"
-        else:  # conditions, order-book levels
+        else:  # order-book levels
             json_text = _dumps(value)
             cell = _quoted(json_text)
         parts.append(keys[column] + json_text)
