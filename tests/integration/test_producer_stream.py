@@ -23,15 +23,26 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: list[Mapping[str, Any]] = []
         self.connects = 0
+        self.frames = 0
 
     async def on_message(self, msg: Mapping[str, Any]) -> None:
         self.messages.append(msg)
+
+    def on_frame(self, msgs: list[Mapping[str, Any]]) -> None:
+        self.frames += 1
+        self.messages.extend(msgs)
 
     def on_connect(self) -> None:
         self.connects += 1
 
 
-def _supervisor(url: str, recorder: Recorder, stale_after: float = 30.0) -> StreamSupervisor:
+# Both receive paths: alpaca-py's per-message dispatch, and whole frames (what producers use).
+RECEIVE_PATHS = pytest.mark.parametrize("frame_level", [False, True], ids=["message", "frame"])
+
+
+def _supervisor(
+    url: str, recorder: Recorder, stale_after: float = 30.0, *, frame_level: bool = False
+) -> StreamSupervisor:
     settings = StockProducerSettings(
         alpaca_data_stream_url="ws://unused",
         symbols=("AAPL", "MSFT"),
@@ -45,6 +56,7 @@ def _supervisor(url: str, recorder: Recorder, stale_after: float = 30.0) -> Stre
         symbols=settings.symbols,
         channels=settings.channels,
         on_message=recorder.on_message,
+        on_frame=recorder.on_frame if frame_level else None,
         on_connect=recorder.on_connect,
         backoff=Backoff(0.1, 0.5),
     )
@@ -58,16 +70,17 @@ async def _until(condition: Any, seconds: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_streams_and_stops_cleanly() -> None:
-    asyncio.run(_test_streams_and_stops_cleanly())
+@RECEIVE_PATHS
+def test_streams_and_stops_cleanly(frame_level: bool) -> None:
+    asyncio.run(_test_streams_and_stops_cleanly(frame_level))
 
 
-async def _test_streams_and_stops_cleanly() -> None:
+async def _test_streams_and_stops_cleanly(frame_level: bool) -> None:
     recorder = Recorder()
     async with running_sim(
         rate_per_symbol=50, max_events_per_symbol=20, trading="while_subscribed"
     ) as sim:
-        supervisor = _supervisor(sim.url("/v2/iex"), recorder)
+        supervisor = _supervisor(sim.url("/v2/iex"), recorder, frame_level=frame_level)
         stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(stop))
         await _until(lambda: len(recorder.messages) >= 80, 20, "80 messages")
@@ -80,6 +93,8 @@ async def _test_streams_and_stops_cleanly() -> None:
     assert recorder.connects == 1
     sent = sum(n for kinds in stats["sent"]["/v2/iex"].values() for n in kinds.values())
     assert sent == len(recorder.messages) == 80
+    if frame_level:  # the data came in whole frames, not through alpaca-py's dispatch
+        assert recorder.frames > 0
 
 
 def test_reconnects_after_the_server_restarts() -> None:
@@ -103,17 +118,20 @@ async def _test_reconnects_after_the_server_restarts() -> None:
         await asyncio.wait_for(task, timeout=10)
 
 
-def test_silent_stream_is_dropped_and_reconnected() -> None:
-    asyncio.run(_test_silent_stream_is_dropped_and_reconnected())
+@RECEIVE_PATHS
+def test_silent_stream_is_dropped_and_reconnected(frame_level: bool) -> None:
+    asyncio.run(_test_silent_stream_is_dropped_and_reconnected(frame_level))
 
 
-async def _test_silent_stream_is_dropped_and_reconnected() -> None:
+async def _test_silent_stream_is_dropped_and_reconnected(frame_level: bool) -> None:
     recorder = Recorder()
     # Five events per symbol and kind, then silence: the stale watchdog must reconnect.
     async with running_sim(
         rate_per_symbol=50, max_events_per_symbol=5, trading="while_subscribed"
     ) as sim:
-        supervisor = _supervisor(sim.url("/v2/iex"), recorder, stale_after=1.0)
+        supervisor = _supervisor(
+            sim.url("/v2/iex"), recorder, stale_after=1.0, frame_level=frame_level
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(supervisor.run(stop))
         await _until(lambda: recorder.connects >= 2, 20, "a reconnect after silence")

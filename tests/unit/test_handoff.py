@@ -24,6 +24,21 @@ def test_one_batch_per_loop_turn_with_one_receive_time() -> None:
     assert handoff.take(0) is None
 
 
+def test_whole_frames_join_one_batch_per_loop_turn() -> None:
+    handoff = HandOff(1000, clock=lambda: 7)
+
+    async def frames() -> None:
+        handoff.receive_frame([{"i": 0}, {"i": 1}])
+        handoff.receive_frame([])
+        handoff.receive_frame([{"i": 2}])
+        await asyncio.sleep(0)
+        handoff.receive_frame([{"i": 3}])
+        await asyncio.sleep(0)
+
+    asyncio.run(frames())
+    assert handoff.take(0) == [(7, [{"i": 0}, {"i": 1}, {"i": 2}]), (7, [{"i": 3}])]
+
+
 def test_a_full_handoff_waits_for_room_and_counts_it() -> None:
     waits: list[int] = []
     handoff = HandOff(3, on_wait=lambda: waits.append(1))

@@ -125,6 +125,8 @@ def test_backup_row_gives_the_same_value_back(
 def test_msgpack_timestamp_keeps_nanoseconds() -> None:
     assert epoch_ns(NS) == TS
     assert epoch_ns("2024-03-01T14:30:00.123456789Z") == TS
+    # msgpack decoded with timestamp=2 (the frame-level receive) gives epoch nanoseconds
+    assert epoch_ns(msgpack.unpackb(msgpack.packb(NS), timestamp=2)) == TS
     aware = datetime(2024, 3, 1, 14, 30, 0, 123456, tzinfo=UTC)
     assert epoch_ns(aware) == 1_709_303_400_123_456_000
     with pytest.raises(MalformedMessage):

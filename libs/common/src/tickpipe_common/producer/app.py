@@ -1,7 +1,7 @@
 """Runs a producer service as a small pipeline: receive → bounded hand-off → sink.
 
-- ``stream``: alpaca-py's WebSocket loop, supervised; its handler only appends the raw message
-  to the hand-off (``handoff``), so the loop does nothing but receive.
+- ``stream``: alpaca-py's WebSocket loop, supervised; it hands each frame of raw messages to
+  the hand-off in one call (``frames``, ``handoff``), so the loop does nothing but receive.
 - ``sink``: one thread that normalises, filters, writes the backup and serves Kafka, and
   spills to the backup and re-publishes from it when the Kafka queue is full.
 - here: health, readiness and the orderly stop (stream first, then drain the hand-off, then
@@ -137,6 +137,7 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         symbols=settings.symbols,
         channels=settings.channels,
         on_message=handoff.handler,
+        on_frame=handoff.receive_frame,
         on_connect=on_connect,
         backoff=Backoff(settings.reconnect_initial_seconds, settings.reconnect_max_seconds),
     )

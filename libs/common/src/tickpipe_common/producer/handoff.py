@@ -59,6 +59,16 @@ class HandOff:
                 self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._ship)
 
+    def receive_frame(self, msgs: list[RawMessage]) -> None:
+        """A whole frame of messages at once (``frames``): O(1) per frame, never blocks."""
+        current = self._current
+        was_empty = not current
+        current.extend(msgs)
+        if was_empty and current:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._ship)
+
     async def handler(self, msg: RawMessage) -> None:
         """``receive`` as the coroutine alpaca-py wants."""
         self.receive(msg)

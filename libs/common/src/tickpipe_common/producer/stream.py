@@ -11,7 +11,10 @@ Closing a mute socket must not block the reconnect: the websockets library waits
 ``close_timeout`` for the peer's close frame and again for the TCP close (10 s each by
 default, which made a silent stream reconnect 31 s late), so we set it to one second.
 
-The message handler is the hand-off's (``handoff.HandOff.handler``): it only appends.
+The message handler is the hand-off's (``handoff.HandOff.handler``): it only appends. Given
+``on_frame`` (the producers give ``HandOff.receive_frame``), whole frames of market data skip
+alpaca-py's per-message dispatch (``frames``); the handler then sees only what alpaca-py
+routes itself (a frame mixing control messages and data).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.logging import get_logger
+from tickpipe_common.producer import frames
 from tickpipe_common.producer.settings import ProducerSettings
 
 log = get_logger(__name__)
@@ -53,8 +57,10 @@ class StreamSupervisor:
         on_message: MessageHandler,
         on_connect: Callable[[], None],
         backoff: Backoff,
+        on_frame: frames.FrameHandler | None = None,
     ) -> None:
         self._make_stream = make_stream
+        self._on_frame = on_frame
         self._symbols = tuple(symbols)
         self._channels = tuple(channels)
         self._on_message = on_message
@@ -66,6 +72,8 @@ class StreamSupervisor:
         stream = self._make_stream()
         for channel in self._channels:
             getattr(stream, SUBSCRIBE_METHODS[channel])(self._on_message, *self._symbols)
+        if self._on_frame is not None:
+            frames.install(stream, self._channels, self._on_frame)
 
         # alpaca-py has no connect callback; wrap this instance's connect+auth step so each
         # successful (re)connect is seen. Instance attributes shadow the class's method.

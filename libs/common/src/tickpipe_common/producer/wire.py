@@ -68,6 +68,8 @@ class MalformedMessage(ValueError):
 
 
 def epoch_ns(value: Any) -> int:
+    if value.__class__ is int:  # msgpack decoded with timestamp=2 (``frames``)
+        return int(value)
     if isinstance(value, msgpack.Timestamp):
         return int(value.to_unix_nano())
     if isinstance(value, str):
