@@ -10,6 +10,11 @@ class PriceChangeFilter:
         self._every_tick = every_tick
         self._last: dict[tuple[str, str], tuple[float, ...]] = {}
 
+    @property
+    def every_tick(self) -> bool:
+        """Every tick is published: the caller may skip the check (and the signature)."""
+        return self._every_tick
+
     def should_publish(self, symbol: str, kind: str, signature: tuple[float, ...] | None) -> bool:
         """``signature`` is what "the price" is for the kind (``wire.price_signature``);
         ``None`` (order books) always publishes."""

@@ -145,6 +145,27 @@ class KafkaPublisher:
             return self._produce(key, value, self._headers, callback)
         return True
 
+    def produce_many(self, messages: list[tuple[bytes, bytes, str]]) -> int:
+        """``produce`` each (key, value, kind) in order; how many were queued before the first
+        that did not fit (``len(messages)``: all of them). The sink's per-tick loop."""
+        producer, topic, headers, callbacks = (
+            self._producer,
+            self._topic,
+            self._headers,
+            self._callbacks,
+        )
+        for i, (key, value, kind) in enumerate(messages):
+            callback = callbacks.get(kind)
+            if callback is None:
+                callback = callbacks[kind] = _Delivery(self, kind)
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=callback)
+            except (BufferError, KafkaException):
+                if not self._produce(key, value, headers, callback):
+                    return i
+                producer = self._producer  # a fatal error may have replaced the client
+        return len(messages)
+
     def _produce(self, key: Any, value: Any, headers: Any, callback: _Delivery) -> bool:
         for attempt in range(2):
             try:

@@ -139,7 +139,7 @@ class TickSink:
         days: list[str] = []
         out: list[tuple[bytes, bytes, str]] = []
         asset_class, feed = self._asset_class, self._feed
-        should_publish = self._filter.should_publish
+        should_publish = None if self._filter.every_tick else self._filter.should_publish
         track = self._metrics.symbol_tick if self._metrics.tracks_symbols else None
         received: dict[str, int] = dict.fromkeys(self._received, 0)
         filtered: dict[str, int] = dict.fromkeys(self._received, 0)
@@ -152,7 +152,9 @@ class TickSink:
                     symbol = doc["symbol"]
                     if track is not None:
                         track(symbol, parse_rfc3339_ns(doc["ts"]))
-                    if not should_publish(symbol, kind, price_signature(doc)):
+                    if should_publish is not None and not should_publish(
+                        symbol, kind, price_signature(doc)
+                    ):
                         filtered[kind] += 1
                         continue
                     value, row = encode(doc)
@@ -176,13 +178,13 @@ class TickSink:
                 self._metrics.filtered.labels(kind, asset_class).inc(count)
         if not out:
             return
-        positions = self._write_backup(days, rows)
-        self._publish(out, positions)
+        self._publish(out, rows, self._write_backup(days, rows))
 
-    def _write_backup(self, days: list[str], rows: list[bytes]) -> list[tuple[Path, int]] | None:
-        """Write the rows (grouped by day, nearly always one group); the backup position of
-        each row, or ``None`` if the backup could not take them."""
-        positions: list[tuple[Path, int]] = []
+    def _write_backup(self, days: list[str], rows: list[bytes]) -> list[_Written] | None:
+        """Write the rows (grouped by day, nearly always one group); where each group went
+        (``_position`` finds one row's place), or ``None`` if the backup could not take them."""
+        groups: list[_Written] = []
+        written = 0
         try:
             start = 0
             while start < len(rows):
@@ -193,16 +195,15 @@ class TickSink:
                 offset = self._backup.append(day, rows[start:end])
                 path = self._backup.path
                 assert path is not None
-                for row in rows[start:end]:
-                    positions.append((path, offset))
-                    offset += len(row)
+                groups.append((start, path, offset))
+                written = end
                 start = end
         except OSError as exc:
-            self._metrics.backup_errors.inc(len(rows) - len(positions))
+            self._metrics.backup_errors.inc(len(rows) - written)
             if self.backup_ok:
                 self.backup_ok = False
                 self._metrics.backup_ok.set(0)
-            log.error("backup_write_failed", error=str(exc), rows=len(rows) - len(positions))
+            log.error("backup_write_failed", error=str(exc), rows=len(rows) - written)
             return None
         self._metrics.backup_rows.inc(len(rows))
         self._metrics.backup_bytes.inc(sum(len(r) for r in rows))
@@ -210,24 +211,21 @@ class TickSink:
             self.backup_ok = True
             self._metrics.backup_ok.set(1)
             log.info("backup_writing_again")
-        return positions
+        return groups
 
     def _publish(
-        self, out: list[tuple[bytes, bytes, str]], positions: list[tuple[Path, int]] | None
+        self, out: list[tuple[bytes, bytes, str]], rows: list[bytes], groups: list[_Written] | None
     ) -> None:
-        if self.spill is not None and positions is not None:
+        if self.spill is not None and groups is not None:
             return  # behind a spill: the rows wait their turn in the backup
-        produce = self._publisher.produce
-        for i, (key, value, kind) in enumerate(out):
-            if produce(key, value, kind):
-                continue
-            if positions is None:
-                # Neither Kafka nor the backup could take these: lost, and counted as such.
-                self._metrics.publish_errors.labels("queue_full").inc(len(out) - i)
-                return
-            path, offset = positions[i]
-            self._start_spill(path, offset)
+        taken = self._publisher.produce_many(out)
+        if taken == len(out):
             return
+        if groups is None:
+            # Neither Kafka nor the backup could take these: lost, and counted as such.
+            self._metrics.publish_errors.labels("queue_full").inc(len(out) - taken)
+            return
+        self._start_spill(*_position(groups, rows, taken))
 
     # --- spilling -----------------------------------------------------------------------------
 
@@ -316,6 +314,16 @@ class TickSink:
         self._backup.keep_uncompressed = path
         self._metrics.spilling.set(1)
         log.warning("spill_resumed", backup=str(path), offset=offset)
+
+
+# A group of rows written at once: index of its first row, the file, the offset there.
+_Written = tuple[int, Path, int]
+
+
+def _position(groups: list[_Written], rows: list[bytes], index: int) -> tuple[Path, int]:
+    """Where in the backup row ``index`` of a round was written."""
+    start, path, offset = next(group for group in reversed(groups) if group[0] <= index)
+    return path, offset + sum(len(row) for row in rows[start:index])
 
 
 def _type(msg: Any) -> object:
