@@ -200,6 +200,10 @@ def one_run(
         return _measure(
             design, rate, run, count, args, firehose, producer, http_port, topic, backup
         )
+    except RuntimeError as exc:  # the temporary folder goes with the run: say what it logged
+        log.flush()
+        tail = Path(log.name).read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{exc}; its log ends:\n" + "\n".join(tail)) from exc
     finally:
         producer.send_signal(signal.SIGTERM)
         try:
