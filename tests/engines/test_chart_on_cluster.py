@@ -143,6 +143,10 @@ def values(kafka_bootstrap: str, storage_class: str | None) -> dict[str, Any]:
                 "SIM_RATE_PER_SYMBOL": RATE_PER_SYMBOL,
                 "SIM_MAX_EVENTS_PER_SYMBOL": EVENTS_PER_SYMBOL,
                 "SIM_BAR_INTERVAL": 1,
+                # Every event of the fixed run reaches a producer, so the table must equal what
+                # was sent; the market mode (trading while nobody listens) needs the producers'
+                # backfill to reconcile, which is issue 8's proof, not this one.
+                "SIM_TRADING": "while_subscribed",
             }
         },
         "producerStocks": {"config": {**config, "SYMBOLS": ",".join(STOCKS)}},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.ticks import TS, back_up, bar, orderbook, quote, trade
+from tests.unit.ticks import TS, back_up, bar, orderbook, quote, row, trade
 from tickpipe_common.producer.csv_backup import CsvBackupWriter, read_backup
 from tickpipe_common.schema import AssetClass
 from tickpipe_common.timestamps import parse_rfc3339_ns, utc_date
@@ -93,6 +93,37 @@ def test_finished_days_are_gzipped_and_still_read(tmp_path: Path) -> None:
     with gzip.open(folder / "2024-03-01.csv.gz", "rt") as packed:
         assert packed.read().count("\n") == 2
     assert [t.trade_id for t in read_backup(tmp_path, STOCK, 0, 2**62)] == [1, 2]
+
+
+def test_a_day_written_again_after_it_was_gzipped_keeps_every_row(tmp_path: Path) -> None:
+    # A clock set back across midnight: the writer returns to a day already archived.
+    writer = CsvBackupWriter(tmp_path, STOCK)
+    back_up(writer, trade(trade_id=1), trade(ts_ns=TS + DAY, trade_id=2))
+    _wait_housekeeping(writer)
+    back_up(writer, trade(trade_id=3), trade(ts_ns=TS + DAY, trade_id=4))
+    _wait_housekeeping(writer)
+    writer.close()
+    folder = tmp_path / "stock"
+    assert sorted(p.name for p in folder.iterdir()) == ["2024-03-01.csv.gz", "2024-03-02.csv"]
+    with gzip.open(folder / "2024-03-01.csv.gz", "rt") as packed:
+        lines = packed.read().splitlines()
+    assert len(lines) == 3, "one header, two rows"
+    assert lines[0].startswith("schema_version,")
+    got = [t.trade_id for t in read_backup(tmp_path, STOCK, 0, 2**62)]
+    assert len(got) == 4
+    assert set(got) == {1, 2, 3, 4}
+
+
+def test_ticks_filed_on_a_neighbouring_day_are_found(tmp_path: Path) -> None:
+    # Files are by arrival day: a bar of 23:59 arrives after midnight, into the next day's file.
+    writer = CsvBackupWriter(tmp_path, STOCK, compress=False)
+    late = trade(ts_ns=parse_rfc3339_ns("2024-03-01T23:59:00Z"), trade_id=7)
+    writer.append("2024-03-02", [row(late)])
+    writer.close()
+    since = parse_rfc3339_ns("2024-03-01T00:00:00Z")
+    until = parse_rfc3339_ns("2024-03-02T00:00:00Z")
+    assert [t.trade_id for t in read_backup(tmp_path, STOCK, since, until)] == [7]
+    assert list(read_backup(tmp_path, STOCK, until, until + DAY)) == []
 
 
 def test_days_past_retention_are_deleted(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from tickpipe_common.producer.csv_backup import CsvBackupWriter
 from tickpipe_common.producer.wire import csv_line
 from tickpipe_common.schema import Tick, encode_tick
+from tickpipe_common.timestamps import utc_date
 
 TS = 1_709_303_400_123_456_789
 
@@ -88,8 +89,13 @@ def orderbook(**overrides: Any) -> Tick:
     return Tick(**fields)
 
 
+def row(tick: Tick) -> bytes:
+    """The tick's backup row, as the producer's sink writes it."""
+    return csv_line(json.loads(encode_tick(tick)))
+
+
 def back_up(writer: CsvBackupWriter, *ticks: Tick) -> None:
-    """Append ticks to a backup the way the producer's sink does (one row each)."""
+    """Append ticks to a backup one row each, filed on the tick's own day (the sink files by
+    the day it received them: here the two are the same)."""
     for tick in ticks:
-        doc = json.loads(encode_tick(tick))
-        writer.append(doc["ts"][:10], [csv_line(doc)])
+        writer.append(utc_date(tick.ts_ns), [row(tick)])

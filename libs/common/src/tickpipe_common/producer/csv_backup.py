@@ -1,9 +1,15 @@
 """The local CSV backup of every published tick: the producer's safety net and spill buffer.
 
-Layout: ``<backup_dir>/<asset_class>/<YYYY-MM-DD>.csv`` (UTC day of the exchange timestamp),
-one column per schema field (``wire.COLUMNS``). Finished days are gzipped
-(``<day>.csv.gz``, still read by ``replay``) and days older than ``BACKUP_RETENTION_DAYS`` are
-deleted.
+Layout: ``<backup_dir>/<asset_class>/<YYYY-MM-DD>.csv``, one column per schema field
+(``wire.COLUMNS``). The day is the UTC day the producer *received* the rows, not their exchange
+day: the files are then written strictly in arrival order, one after the other, which the spill
+cursor relies on (it re-publishes file after file), and a finished day is never written again,
+so gzipping it cannot race the writer. Around midnight ticks of both days interleave (a minute
+bar is stamped with its start and arrives after it), and backfilled ticks can be much older, so
+``read_rows`` reads the files of one day either side of the asked range and filters by the
+exchange timestamp. Finished days are gzipped (``<day>.csv.gz``, still read by ``replay``; should
+a day be written again after all — a clock set back —, its new rows are added to the archive as
+a second gzip member, never over it) and days older than ``BACKUP_RETENTION_DAYS`` are deleted.
 
 The sink writes each batch of rows with one ``os.write`` on an unbuffered descriptor, before
 the batch goes to Kafka: whatever Kafka was handed is with the operating system, so a SIGKILL
@@ -165,8 +171,17 @@ class CsvBackupWriter:
 def _gzip(path: Path) -> None:
     target = path.with_suffix(".csv.gz")
     partial = target.with_suffix(".gz.partial")
-    with path.open("rb") as src, gzip.open(partial, "wb", compresslevel=6) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    with path.open("rb") as src:
+        if target.exists():
+            # The day was archived before: keep the archive and add these rows as one more
+            # gzip member (readers see one stream), without a second header line.
+            shutil.copyfile(target, partial)
+            src.readline()
+            mode = "ab"
+        else:
+            mode = "wb"
+        with gzip.GzipFile(partial, mode, compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
     partial.rename(target)
     path.unlink()
     log.info("backup_compressed", path=str(target))
@@ -182,16 +197,21 @@ def _day_files(backup_dir: Path, asset_class: AssetClass, days: Iterable[str]) -
     for day in days:
         plain = backup_path(backup_dir, asset_class, day)
         packed = plain.with_suffix(".csv.gz")
-        # Both exist only if gzip was interrupted after writing: the plain file is complete.
+        # Both exist when a day was written again after it was archived (the archive holds the
+        # earlier rows), or when gzip was interrupted before removing the plain file (then the
+        # rows are read twice: harmless, every tick is stored once).
+        if packed.exists():
+            yield packed
         if plain.exists():
             yield plain
-        elif packed.exists():
-            yield packed
 
 
 def _days(since_ns: int, until_ns: int) -> list[str]:
+    """The files that can hold ticks stamped in ``[since_ns, until_ns)``: their days, and one
+    day either side (files are by arrival day; see the module's docstring)."""
     days = []
-    cursor = since_ns - since_ns % DAY_NS
+    cursor = since_ns - since_ns % DAY_NS - DAY_NS
+    until_ns += DAY_NS
     while cursor < until_ns:
         days.append(utc_date(cursor))
         cursor += DAY_NS

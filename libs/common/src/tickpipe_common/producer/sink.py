@@ -45,7 +45,7 @@ from tickpipe_common.producer.wire import (
     normalise,
     price_signature,
 )
-from tickpipe_common.timestamps import parse_rfc3339_ns
+from tickpipe_common.timestamps import parse_rfc3339_ns, utc_date
 
 log = get_logger(__name__)
 
@@ -144,6 +144,8 @@ class TickSink:
         received: dict[str, int] = dict.fromkeys(self._received, 0)
         filtered: dict[str, int] = dict.fromkeys(self._received, 0)
         for received_ns, messages in batches:
+            # The backup is filed by the day a batch arrived (csv_backup's docstring says why).
+            day = utc_date(received_ns)
             for msg in messages:
                 try:
                     doc = normalise(msg, asset_class, feed, received_ns)
@@ -167,7 +169,7 @@ class TickSink:
                     log.error("message_handling_failed", error=repr(exc)[:300])
                     continue
                 rows.append(row)
-                days.append(doc["ts"][:10])
+                days.append(day)
                 out.append((symbol.encode(), value, kind))
         # Counted once per round, not per tick (a Prometheus increment takes a lock).
         for kind, count in received.items():
