@@ -88,9 +88,19 @@ def test_nothing_is_simulated_before_someone_subscribes() -> None:
     idle = h.session()
     assert h.hub.tick() == 0
     assert h.hub.markets == {}
-    h.change(idle, "subscribe", statuses=["AAPL"])  # never emitted by the sim
+    h.change(idle, "unsubscribe", trades=["AAPL"])
     assert h.hub.tick() == 0
     assert h.hub.markets == {}
+
+
+def test_statuses_and_bands_come_with_the_trades_they_frame() -> None:
+    h = Harness("/v2/iex")
+    statuses, bands = h.session(), h.session()
+    h.change(statuses, "subscribe", statuses=["AAPL"])
+    h.change(bands, "subscribe", lulds=["AAPL"])
+    assert h.hub.tick() == 2  # the first trade: the "T" trading status, and the first band
+    assert keys(h.received(statuses)) == [("s", "AAPL")]
+    assert keys(h.received(bands)) == [("l", "AAPL")]
 
 
 def test_each_event_reaches_each_subscriber_once() -> None:
@@ -229,7 +239,7 @@ def test_an_always_trading_market_trades_before_anyone_subscribes() -> None:
     for _ in range(3):
         h.hub.tick()
     assert sorted(h.hub.generated()) == ["AAPL", "MSFT"], "the whole universe trades"
-    assert h.hub.generated()["AAPL"] == {"trade": 3, "quote": 3}
+    assert h.hub.generated()["AAPL"] == {"trade": 3, "quote": 3, "trading_status": 1, "luld": 1}
     session = h.session()
     h.change(session, "subscribe", trades=["AAPL"])
     h.hub.tick()

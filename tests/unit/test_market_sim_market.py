@@ -9,7 +9,12 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from tickpipe_market_sim.clock import EpochNanos, EventClock
-from tickpipe_market_sim.market import Event, SymbolMarket
+from tickpipe_market_sim.market import (
+    CORRECTED_ID_BASE,
+    AmendmentRates,
+    Event,
+    SymbolMarket,
+)
 from tickpipe_market_sim.protocol import Kind, Message
 from tickpipe_market_sim.universe import (
     IEX_VENUES,
@@ -39,6 +44,7 @@ def make_market(
     max_events: int = 0,
     clock: EventClock | None = None,
     time_windows: bool = False,
+    amendments: AmendmentRates | None = None,
 ) -> SymbolMarket:
     return SymbolMarket(
         profile=profile_for(symbol, asset_class),
@@ -49,6 +55,7 @@ def make_market(
         bar_interval_ns=SECOND,
         max_events=max_events,
         time_windows=time_windows,
+        amendments=amendments,
     )
 
 
@@ -347,3 +354,109 @@ def test_time_windows_close_the_last_bar_at_the_trade_cap() -> None:
     events = run(market, 10, {Kind.BAR, Kind.TRADE})
     bars = bodies(events, Kind.BAR)
     assert sum(bar["n"] for bar in bars) == 4, "every capped trade is in a closed bar"
+
+
+AMENDED = frozenset({Kind.TRADE_CORRECTION, Kind.TRADE_CANCEL, Kind.TRADING_STATUS, Kind.LULD})
+OFTEN = AmendmentRates(correction=0.1, cancel=0.05, halt=0.02)
+
+
+def test_amendments_and_statuses_leave_the_other_kinds_as_they_were() -> None:
+    """The same seed gives the same trades, quotes and bars whether the market amends its
+    trades often, as by default, or never (timestamps aside: reports take clock reads)."""
+    runs = [
+        run(make_market(seed=5, steps_per_bar=4, amendments=rates), 3000, STOCK_KINDS)
+        for rates in (AmendmentRates(0, 0, 0), AmendmentRates(), OFTEN)
+    ]
+    plain = [(e.kind, e.body) for e in runs[0]]
+    assert {kind for kind, _ in plain} & AMENDED == {Kind.TRADING_STATUS, Kind.LULD}
+    for other in runs[1:]:
+        kept = [e for e in other if e.kind not in AMENDED]
+        assert [e.kind for e in kept] == [e.kind for e in runs[0] if e.kind not in AMENDED]
+        for kind in STOCK_KINDS - AMENDED:
+            assert without_time(bodies(kept, kind)) == without_time(bodies(runs[0], kind)), kind
+    assert len(bodies(runs[2], Kind.TRADE_CORRECTION)) > len(bodies(runs[1], Kind.TRADE_CORRECTION))
+
+
+def test_corrections_and_cancels_amend_earlier_trades_as_alpacas_do() -> None:
+    events = run(make_market(seed=9, amendments=OFTEN), 1000, STOCK_KINDS)
+    assert events == run(make_market(seed=9, amendments=OFTEN), 1000, STOCK_KINDS)
+    trades: dict[int, Message] = {}
+    amended: set[int] = set()
+    corrections = cancels = 0
+    for event in events:
+        body = event.body
+        if event.kind is Kind.TRADE:
+            trades[body["i"]] = body
+        elif event.kind is Kind.TRADE_CORRECTION:
+            corrections += 1
+            assert list(body) == [
+                "T",
+                "S",
+                "x",
+                "oi",
+                "op",
+                "os",
+                "oc",
+                "ci",
+                "cp",
+                "cs",
+                "cc",
+                "z",
+                "t",
+            ]
+            trade = trades[body["oi"]]  # a trade already printed
+            assert (body["x"], body["z"], body["op"], body["os"], body["oc"]) == (
+                trade["x"], trade["z"], trade["p"], trade["s"], trade["c"]
+            )  # fmt: skip
+            assert body["ci"] == CORRECTED_ID_BASE + body["oi"]
+            assert (body["cp"], body["cs"]) != (body["op"], body["os"])
+            assert body["cs"] > 0
+            assert body["t"].ns > trade["t"].ns
+            assert body["oi"] not in amended, "a trade is amended at most once"
+            amended.add(body["oi"])
+        elif event.kind is Kind.TRADE_CANCEL:
+            cancels += 1
+            assert list(body) == ["T", "S", "i", "x", "p", "s", "a", "z", "t"]
+            trade = trades[body["i"]]
+            assert (body["x"], body["z"], body["p"], body["s"]) == (
+                trade["x"], trade["z"], trade["p"], trade["s"]
+            )  # fmt: skip
+            assert body["a"] in ("C", "E")
+            assert body["i"] not in amended
+            amended.add(body["i"])
+    assert corrections > 50
+    assert cancels > 20
+    assert sorted(trades) == list(range(1, 1001)), "trade ids stay contiguous"
+
+
+def test_statuses_and_luld_bands_frame_the_trading() -> None:
+    events = run(make_market(seed=9, amendments=OFTEN), 2000, STOCK_KINDS)
+    # The first trade brings the first status and band, right after it.
+    assert [e.kind for e in events[:3]] == [Kind.TRADE, Kind.TRADING_STATUS, Kind.LULD]
+    statuses = bodies(events, Kind.TRADING_STATUS)
+    assert statuses[0]["sc"] == "T"
+    for status in statuses:
+        assert list(status) == ["T", "S", "sc", "sm", "rc", "rm", "z", "t"]
+        assert status["sc"] in ("T", "H")
+    codes = "".join(s["sc"] for s in statuses[1:])
+    assert "H" in codes
+    # Every halt is resumed (a halt may begin again before the last one ended).
+    assert codes.count("H") == codes.count("T") or codes.count("H") == codes.count("T") + 1
+    last_band: Message | None = None
+    bands = 0
+    for event in events:
+        if event.kind is Kind.LULD:
+            bands += 1
+            last_band = event.body
+            assert list(last_band) == ["T", "S", "u", "d", "i", "t", "z"]
+            assert last_band["d"] < last_band["u"]
+        elif event.kind is Kind.TRADE and last_band is not None:
+            assert last_band["d"] < event.body["p"] < last_band["u"]
+    assert bands > 1, "the price moved enough for a new band"
+
+
+def test_crypto_has_none_of_the_stock_reports() -> None:
+    events = run(
+        make_market("BTC/USD", AssetClass.CRYPTO, venues=(), amendments=OFTEN), 500, ALL_KINDS
+    )
+    assert {e.kind for e in events} & AMENDED == set()

@@ -25,6 +25,7 @@ from tickpipe_market_sim.faults import FaultControls
 from tickpipe_market_sim.historical import HistoricalApi, RateLimiter
 from tickpipe_market_sim.history import History, HistoryBounds
 from tickpipe_market_sim.hub import FeedHub, Hub, steps_per_bar
+from tickpipe_market_sim.market import AmendmentRates
 from tickpipe_market_sim.server import WEBSOCKETS_LOGGER, SimServer
 from tickpipe_market_sim.session import Session, Silence
 from tickpipe_market_sim.settings import SimSettings
@@ -57,6 +58,11 @@ def build_server(settings: SimSettings, registry: CollectorRegistry | None = Non
             max_events=settings.max_events_per_symbol,
             history=history,
             always=settings.trading == "always",
+            amendments=AmendmentRates(
+                correction=settings.correction_probability,
+                cancel=settings.cancel_probability,
+                halt=settings.halt_probability,
+            ),
         )
         for path, feed in build_feeds(settings.stock_symbols, settings.crypto_symbols).items()
     }

@@ -1,9 +1,10 @@
 """What happened in the simulated market, kept for Alpaca's historical REST API.
 
 The markets trade whether or not anyone listens (see ``hub``); every trade, quote and bar
-they make is recorded here, and an updated bar replaces the bar it revises, so the
-history holds each bar as it finally stood. A subscriber who missed a stretch (a
-disconnect, a mute, a late start) can fetch exactly what happened meanwhile.
+they make (and every correction, cancel/error, trading status and LULD band) is recorded here,
+and an updated bar replaces the bar it revises, so the history holds each bar as it finally
+stood. A subscriber who missed a stretch (a disconnect, a mute, a late start) can fetch
+exactly what happened meanwhile.
 
 Bounded by two settings: SIM_HISTORY_SECONDS forgets events older than that, and
 SIM_HISTORY_EVENTS keeps at most that many per (feed, symbol, kind). A series is two
@@ -26,8 +27,20 @@ from tickpipe_market_sim.market import Event
 from tickpipe_market_sim.protocol import Kind, Message
 
 # Kinds the history keeps (the REST API serves trades, quotes and bars; daily bars are
-# aggregated from the bars; order books have no history endpoint).
-RECORDED = frozenset({Kind.TRADE, Kind.QUOTE, Kind.BAR})
+# aggregated from the bars; order books have no history endpoint). The stock trades'
+# corrections and cancel/errors, trading statuses and LULD bands are kept too, each as a series
+# of its own (no REST endpoint serves them; /stats counts them, and tests reconcile them).
+RECORDED = frozenset(
+    {
+        Kind.TRADE,
+        Kind.QUOTE,
+        Kind.BAR,
+        Kind.TRADE_CORRECTION,
+        Kind.TRADE_CANCEL,
+        Kind.TRADING_STATUS,
+        Kind.LULD,
+    }
+)
 # Compact a series once this many entries at its front are forgotten.
 COMPACT_AT = 4096
 

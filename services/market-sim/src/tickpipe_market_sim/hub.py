@@ -29,8 +29,8 @@ from typing import Any
 
 from tickpipe_market_sim.clock import EventClock
 from tickpipe_market_sim.history import History
-from tickpipe_market_sim.market import Event, SymbolMarket
-from tickpipe_market_sim.protocol import CHANNEL_OF, WILDCARD, Kind
+from tickpipe_market_sim.market import AmendmentRates, Event, SymbolMarket
+from tickpipe_market_sim.protocol import CHANNEL_OF, STOCK_ONLY_KINDS, WILDCARD, Kind
 from tickpipe_market_sim.session import Session
 from tickpipe_market_sim.stats import SentStats
 from tickpipe_market_sim.subscriptions import SubscriptionChange
@@ -60,8 +60,10 @@ class FeedHub:
         max_events: int,
         history: History,
         always: bool,
+        amendments: AmendmentRates | None = None,
     ) -> None:
         self.feed = feed
+        self._amendments = amendments
         self._history = history
         self._always = always
         self._seed = seed
@@ -70,10 +72,11 @@ class FeedHub:
         self._steps_per_bar = steps_per_bar
         self._bar_interval_ns = bar_interval_ns
         self._max_events = max_events
+        crypto = feed.asset_class is AssetClass.CRYPTO
         self._kinds = tuple(
             kind
             for kind in Kind
-            if kind is not Kind.ORDERBOOK or feed.asset_class is AssetClass.CRYPTO
+            if (kind is not Kind.ORDERBOOK or crypto) and not (crypto and kind in STOCK_ONLY_KINDS)
         )
         self._all_kinds = frozenset(self._kinds)
         self.markets: dict[str, SymbolMarket] = {}
@@ -158,6 +161,7 @@ class FeedHub:
                 bar_interval_ns=self._bar_interval_ns,
                 max_events=self._max_events,
                 time_windows=True,
+                amendments=self._amendments,
             )
             self.markets[symbol] = market
         return market
@@ -171,7 +175,7 @@ class FeedHub:
         for symbol in self._active:
             wanted = self._wanted(symbol)
             if not wanted:
-                continue  # e.g. only statuses, which the sim never emits
+                continue
             for event in self.market(symbol).advance(wanted):
                 self._stats.generated(path, event.kind)
                 history.record(path, event)

@@ -12,10 +12,21 @@ last bar), so a pause in the steps never puts trades from both sides of it into 
 Without it (the firehose's pre-generated runs) a bar closes every ``steps_per_bar`` steps,
 which keeps the mix of a run independent of how fast it was generated.
 
+Stock trades are occasionally amended after the fact, as on the real tape: a few steps after a
+trade, a correction (``c``: the trade as printed and as corrected, under a new trade id from
+``CORRECTED_ID_BASE`` up, so the trade ids stay contiguous) or a cancel/error (``x``). Trading
+statuses (``s``: a "T" at a symbol's first trade, and now and then a halt "H" with its
+resumption "T" some steps later) and LULD price bands (``l``: at the first trade, and again
+whenever a trade moves ``LULD_REBAND_MOVE`` away from the band's reference price) frame the
+trading. These are reports about the trades, not part of them: a simulated halt does not
+stop the trades, and an amended trade keeps its place in the bars.
+
 Determinism: every kind draws from its own random stream, seeded from (SIM_SEED, symbol,
 kind), and the mid price from another, so the n-th step of a symbol is the same in every
 run with the same seed, and a kind's content does not depend on which other kinds were
-subscribed. Only the timestamps (wall clock) differ between runs.
+subscribed. The amendments and statuses draw from streams of their own, once per trade
+whatever is subscribed, so adding them changed nothing in the other kinds for a seed. Only
+the timestamps (wall clock) differ between runs.
 
 This module does no I/O and knows nothing about connections; it is tested on its own.
 """
@@ -41,8 +52,32 @@ LATE_PRINT_PROBABILITY = 0.2
 BOOK_LEVELS = 10
 DAY_NS = 86_400 * 1_000_000_000
 
-# Trades are simulated whenever trades or any bar kind is wanted: bars aggregate them.
-TRADE_FEEDING = frozenset({Kind.TRADE}) | BAR_KINDS
+
+@dataclass(frozen=True, slots=True)
+class AmendmentRates:
+    """Per stock trade: the chance that it is later corrected, or cancelled; and the chance
+    that a (simulated) trading halt begins at it."""
+
+    correction: float = 0.004
+    cancel: float = 0.002
+    halt: float = 0.0005
+
+
+# An amendment comes this many steps after its trade (inclusive bounds); a halt lasts so long.
+AMEND_DELAY_STEPS = (1, 10)
+HALT_STEPS = (5, 20)
+# Corrected trades get new ids from here up (the original id plus this), far from the ids the
+# simulated trades use, so the trade ids of a symbol stay contiguous.
+CORRECTED_ID_BASE = 1_000_000_000_000
+# LULD bands: 5% either side of the reference price (Tier 1), re-banded when a trade moves
+# this far from the reference (Alpaca's feed re-bands on a 1% move; a smaller move keeps the
+# simulated bands coming within a test run).
+LULD_BAND = 0.05
+LULD_REBAND_MOVE = 0.002
+
+# Trades are simulated whenever trades, any bar kind, trading statuses or LULD bands are
+# wanted: bars aggregate them, and statuses and bands come with them.
+TRADE_FEEDING = frozenset({Kind.TRADE, Kind.TRADING_STATUS, Kind.LULD}) | BAR_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +146,7 @@ class SymbolMarket:
         bar_interval_ns: int,
         max_events: int = 0,
         time_windows: bool = False,
+        amendments: AmendmentRates | None = None,
     ) -> None:
         self.symbol = profile.symbol
         self._time_windows = time_windows
@@ -130,6 +166,13 @@ class SymbolMarket:
         self._quote_rng = seeded_rng(seed, profile.symbol, "quote")
         self._book_rng = seeded_rng(seed, profile.symbol, "orderbook")
         self._bar_rng = seeded_rng(seed, profile.symbol, "bar")
+        self._amend_rng = seeded_rng(seed, profile.symbol, "amend")
+        self._status_rng = seeded_rng(seed, profile.symbol, "status")
+        self._rates = amendments or AmendmentRates()
+        # (due step, kind, body without its "t"): amendments and resumptions to come.
+        self._pending: list[tuple[int, Kind, Message]] = []
+        self._luld_ref: int | None = None
+        self._statuses_started = False
 
         self._anchor = math.log(profile.start_price)
         self._log_mid = self._anchor
@@ -158,6 +201,8 @@ class SymbolMarket:
         a function of the trade sequence alone, whatever the wall clock did meanwhile.
         """
         events: list[Event] = []
+        if self._pending:
+            events.extend(self._due(wanted))
         if self._late is not None:
             events.extend(self._late_print())
         if self._time_windows:
@@ -171,6 +216,8 @@ class SymbolMarket:
                 events.extend(self._closed)
                 self._closed = []
             events.append(trade)
+            if self._stock:
+                events.extend(self._after_trade(trade.body, wanted))
         if Kind.QUOTE in wanted and self._room(Kind.QUOTE):
             events.append(self._quote())
         if Kind.ORDERBOOK in wanted and not self._stock and self._room(Kind.ORDERBOOK):
@@ -193,6 +240,7 @@ class SymbolMarket:
             all(not self._room(kind) for kind in streams)
             and self._window is None
             and self._late is None
+            and not self._pending
         )
 
     def book_snapshot(self) -> Event:
@@ -321,6 +369,102 @@ class SymbolMarket:
             }
         return self._emit(Kind.QUOTE, body)
 
+    # --- what amends and frames the stock trades ------------------------------------
+
+    def _after_trade(self, trade: Message, wanted: Set[Kind]) -> list[Event]:
+        """The draws every stock trade makes (whatever is wanted, so that the sequences do
+        not depend on it), and the statuses and bands it brings at once."""
+        events: list[Event] = []
+        if not self._statuses_started:
+            self._statuses_started = True
+            events += self._status("T", "Trading", "", "", wanted)
+        rates, rng = self._rates, self._amend_rng
+        draw = rng.random()
+        if draw < rates.correction + rates.cancel:
+            due = self.step + rng.randint(*AMEND_DELAY_STEPS)
+            if draw < rates.correction:
+                self._pending.append((due, Kind.TRADE_CORRECTION, self._correction(trade, rng)))
+            else:
+                self._pending.append((due, Kind.TRADE_CANCEL, _cancel(trade, rng)))
+        status_rng = self._status_rng
+        if status_rng.random() < rates.halt:
+            resume = self.step + status_rng.randint(*HALT_STEPS)
+            events += self._status("H", "Trading Halt", "LUDP", "Volatility Trading Pause", wanted)
+            self._pending.append((resume, Kind.TRADING_STATUS, _status_body(
+                self.symbol, "T", "Trading Resumption", "LUDP", "Volatility Trading Pause",
+                self._profile.tape,
+            )))  # fmt: skip
+        price = round(trade["p"] * self._scale)
+        ref = self._luld_ref
+        if ref is None or abs(price - ref) >= ref * LULD_REBAND_MOVE:
+            self._luld_ref = price
+            events += self._luld(price, wanted)
+        return events
+
+    def _correction(self, trade: Message, rng: random.Random) -> Message:
+        price, size = trade["p"], trade["s"]
+        if rng.random() < 0.5:  # the price was misreported by a few cents
+            ticks = round(price * self._scale) + rng.choice((-3, -2, -1, 1, 2, 3))
+            price = self._price(max(1, ticks))
+        else:  # the size was
+            size = size + rng.choice((-1, 1)) * rng.randint(1, 99)
+            if size <= 0:
+                size += 100
+        return {
+            "T": WIRE_TYPE[Kind.TRADE_CORRECTION],
+            "S": self.symbol,
+            "x": trade["x"],
+            "oi": trade["i"],
+            "op": trade["p"],
+            "os": trade["s"],
+            "oc": list(trade["c"]),
+            "ci": CORRECTED_ID_BASE + trade["i"],
+            "cp": price,
+            "cs": size,
+            "cc": list(trade["c"]),
+            "z": trade["z"],
+        }
+
+    def _due(self, wanted: Set[Kind]) -> list[Event]:
+        """The pending amendments and resumptions whose step has come, in the order drawn."""
+        due = [item for item in self._pending if item[0] <= self.step]
+        if not due:
+            return []
+        self._pending = [item for item in self._pending if item[0] > self.step]
+        events = []
+        for _, kind, body in due:
+            if kind in wanted and self._room(kind):
+                events.append(self._emit(kind, {**body, "t": EpochNanos(self._clock.now())}))
+        return events
+
+    def _status(
+        self, code: str, message: str, reason: str, reason_message: str, wanted: Set[Kind]
+    ) -> list[Event]:
+        if Kind.TRADING_STATUS not in wanted or not self._room(Kind.TRADING_STATUS):
+            return []
+        body = _status_body(self.symbol, code, message, reason, reason_message, self._profile.tape)
+        body["t"] = EpochNanos(self._clock.now())
+        return [self._emit(Kind.TRADING_STATUS, body)]
+
+    def _luld(self, ref: int, wanted: Set[Kind]) -> list[Event]:
+        if Kind.LULD not in wanted or not self._room(Kind.LULD):
+            return []
+        band = round(ref * LULD_BAND)
+        return [
+            self._emit(
+                Kind.LULD,
+                {
+                    "T": WIRE_TYPE[Kind.LULD],
+                    "S": self.symbol,
+                    "u": self._price(ref + band),
+                    "d": self._price(max(1, ref - band)),
+                    "i": "B",
+                    "t": EpochNanos(self._clock.now()),
+                    "z": self._profile.tape,
+                },
+            )
+        ]
+
     # --- bars -----------------------------------------------------------------------
 
     def _record_trade(self, ticks: int, size: float, now: int) -> None:
@@ -447,6 +591,35 @@ class SymbolMarket:
             "a": [{"p": self._price(p), "s": s} for p, s in asks],
             "r": reset,
         }
+
+
+def _cancel(trade: Message, rng: random.Random) -> Message:
+    """A cancel ("C") or an error ("E", reported in error): either way the trade is void."""
+    action = "C" if rng.random() < 0.8 else "E"
+    return {
+        "T": WIRE_TYPE[Kind.TRADE_CANCEL],
+        "S": trade["S"],
+        "i": trade["i"],
+        "x": trade["x"],
+        "p": trade["p"],
+        "s": trade["s"],
+        "a": action,
+        "z": trade["z"],
+    }
+
+
+def _status_body(
+    symbol: str, code: str, message: str, reason: str, reason_message: str, tape: str
+) -> Message:
+    return {
+        "T": WIRE_TYPE[Kind.TRADING_STATUS],
+        "S": symbol,
+        "sc": code,
+        "sm": message,
+        "rc": reason,
+        "rm": reason_message,
+        "z": tape,
+    }
 
 
 def _diff(

@@ -63,6 +63,11 @@ class Kind(StrEnum):
     UPDATED_BAR = "updated_bar"
     DAILY_BAR = "daily_bar"
     ORDERBOOK = "orderbook"
+    # stocks only
+    TRADE_CORRECTION = "trade_correction"
+    TRADE_CANCEL = "trade_cancel"
+    TRADING_STATUS = "trading_status"
+    LULD = "luld"
 
 
 # Each kind's `T` value and the subscription channel that carries it.
@@ -73,6 +78,10 @@ WIRE_TYPE: Mapping[Kind, str] = {
     Kind.UPDATED_BAR: "u",
     Kind.DAILY_BAR: "d",
     Kind.ORDERBOOK: "o",
+    Kind.TRADE_CORRECTION: "c",
+    Kind.TRADE_CANCEL: "x",
+    Kind.TRADING_STATUS: "s",
+    Kind.LULD: "l",
 }
 CHANNEL_OF: Mapping[Kind, str] = {
     Kind.TRADE: "trades",
@@ -81,13 +90,21 @@ CHANNEL_OF: Mapping[Kind, str] = {
     Kind.UPDATED_BAR: "updatedBars",
     Kind.DAILY_BAR: "dailyBars",
     Kind.ORDERBOOK: "orderbooks",
+    # Alpaca sends corrections and cancel/errors to every trade subscriber.
+    Kind.TRADE_CORRECTION: "trades",
+    Kind.TRADE_CANCEL: "trades",
+    Kind.TRADING_STATUS: "statuses",
+    Kind.LULD: "lulds",
 }
 BAR_KINDS = frozenset({Kind.BAR, Kind.UPDATED_BAR, Kind.DAILY_BAR})
+# The kinds only the stock feeds have.
+STOCK_ONLY_KINDS = frozenset(
+    {Kind.TRADE_CORRECTION, Kind.TRADE_CANCEL, Kind.TRADING_STATUS, Kind.LULD}
+)
 
 WILDCARD = "*"
 
-# Channels a client may subscribe to, per asset class. Stock statuses and LULDs are
-# accepted (the real feed has them) but the simulator never emits them.
+# Channels a client may subscribe to, per asset class.
 STOCK_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 CRYPTO_CHANNELS = ("trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars")
 

@@ -114,6 +114,28 @@ class SimSettings(BaseSettings):
             "while_subscribed: a symbol advances only while subscribed (fixed test runs)."
         ),
     )
+    correction_probability: float = Field(
+        0.004,
+        ge=0,
+        le=0.5,
+        validation_alias="SIM_CORRECTION_PROBABILITY",
+        description="Chance that a stock trade is corrected a few steps later (T c).",
+    )
+    cancel_probability: float = Field(
+        0.002,
+        ge=0,
+        le=0.5,
+        validation_alias="SIM_CANCEL_PROBABILITY",
+        description="Chance that a stock trade is cancelled or busted a few steps later (T x).",
+    )
+    halt_probability: float = Field(
+        0.0005,
+        ge=0,
+        le=1,
+        validation_alias="SIM_HALT_PROBABILITY",
+        description="Chance per stock trade of a simulated halt status and its resumption (T s);"
+        " the trades go on meanwhile.",
+    )
     # About 600 bytes per kept event: the defaults (36 symbols, trades and quotes at 5/s,
     # 300 s) hold ~110k events, ~65 MB, inside the chart's 256 MiB limit.
     history_seconds: float = Field(
