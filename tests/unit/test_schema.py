@@ -6,11 +6,22 @@ from typing import cast
 
 import pytest
 
-from tests.unit.ticks import TS, bar, orderbook, quote, trade
+from tests.unit.ticks import (
+    TS,
+    bar,
+    correction,
+    luld,
+    orderbook,
+    quote,
+    trade,
+    trade_cancel,
+    trading_status,
+)
 from tickpipe_common import schema
 from tickpipe_common.schema import (
     TEXT_BOUNDS,
     FastTick,
+    FastTickV3,
     RejectReason,
     Tick,
     TickFields,
@@ -20,10 +31,13 @@ from tickpipe_common.schema import (
     decode_tick_fast,
     encode_tick,
     kafka_headers,
+    make_tick,
 )
 
 
-@pytest.mark.parametrize("make", [trade, quote, bar, orderbook])
+@pytest.mark.parametrize(
+    "make", [trade, quote, bar, orderbook, correction, trade_cancel, trading_status, luld]
+)
 def test_round_trip_is_exact(make: Callable[[], Tick]) -> None:
     tick = make()
     decoded = decode_tick(encode_tick(tick))
@@ -84,7 +98,7 @@ def test_rejections_say_why() -> None:
     assert _reason(b"") is RejectReason.EMPTY
     assert _reason(b"{not json") is RejectReason.NOT_JSON
     assert _reason(b"[1, 2]") is RejectReason.SCHEMA_VIOLATION
-    assert _reason(good.replace(b'"schema_version":1', b'"schema_version":3')) is (
+    assert _reason(good.replace(b'"schema_version":1', b'"schema_version":4')) is (
         RejectReason.UNSUPPORTED_SCHEMA_VERSION
     )
     assert _reason(good.replace(b"187.25", b"NaN")) is RejectReason.INVALID_VALUE
@@ -130,6 +144,52 @@ def test_fast_decoder_gives_the_reference_fields_and_identity(
         assert _levels(getattr(fast, side)) == _levels(getattr(reference, side))
 
 
+_V3_KINDS = [correction, trade_cancel, trading_status, luld]
+
+
+@pytest.mark.parametrize("make", _V3_KINDS)
+def test_fast_decoder_takes_version_3_with_the_reference_fields_and_identity(
+    make: Callable[[], Tick],
+) -> None:
+    tick = make()
+    value = encode_tick(tick)
+    assert json.loads(value)["schema_version"] == 3
+    fast = decode_tick_fast(value)
+    assert isinstance(cast(object, fast), FastTickV3)
+    reference = decode_tick(value)
+    assert fast.tick_id == reference.tick_id == tick.tick_id
+    for name in Tick.model_fields:
+        if name not in ("schema_version", "bids", "asks"):
+            assert getattr(fast, name) == getattr(reference, name), name
+
+
+def test_version_3_kinds_and_fields_are_refused_in_versions_1_and_2() -> None:
+    fields = correction().model_dump(exclude={"schema_version"})
+    with pytest.raises(ValueError, match="a trade_correction needs schema version 3"):
+        Tick(**fields)
+    with pytest.raises(ValueError, match="status_code: only in schema version 3"):
+        trade(status_code="H")
+    assert make_tick(**fields) == correction()  # the lowest version the kind allows
+    assert make_tick(**trade().model_dump(exclude={"schema_version"})) == trade()
+    with pytest.raises(ValueError, match="cannot be written as version 2"):
+        encode_tick(correction(), 2)
+    # A version-1 tick may be written as version 3 (a superset), and reads back the same.
+    assert decode_tick(encode_tick(trade(), 3)).tick_id == trade().tick_id
+    assert dict(kafka_headers("p", 3))["tickpipe-schema-version"] == b"3"
+
+
+def test_identity_of_the_version_3_kinds() -> None:
+    assert correction().tick_id == correction(received_ns=TS + 9).tick_id
+    assert correction().tick_id != correction(corrected_price=187.27).tick_id
+    assert correction().tick_id != correction(original_trade_id=43).tick_id
+    assert trade_cancel().tick_id != trade_cancel(cancel_action="E").tick_id
+    assert trade_cancel().tick_id != trade_cancel(trade_id=43).tick_id
+    assert trading_status().tick_id != trading_status(status_code="T").tick_id
+    assert luld().tick_id != luld(limit_up_price=196.62).tick_id
+    ids = {make().tick_id for make in _V3_KINDS} | {trade().tick_id}
+    assert len(ids) == 5, "a cancel is not the trade it cancels"
+
+
 def _levels(levels: object) -> object:
     if levels is None:
         return None
@@ -166,12 +226,13 @@ def _fast_reason(value: bytes | None) -> RejectReason:
 def test_fast_decoder_refuses_what_the_reference_refuses_with_its_reason() -> None:
     good = encode_tick(trade())
     good2 = encode_tick(trade(), 2)
+    v3 = encode_tick(correction())
     cases = [
         None,
         b"",
         b"{not json",
         b"[1, 2]",
-        good.replace(b'"schema_version":1', b'"schema_version":3'),
+        good.replace(b'"schema_version":1', b'"schema_version":4'),
         good.replace(b"187.25", b"NaN"),
         good.replace(b"187.25", b"1e999"),
         good.replace(b"187.25", b"-187.25"),
@@ -186,6 +247,14 @@ def test_fast_decoder_refuses_what_the_reference_refuses_with_its_reason() -> No
         good2.replace(b'"schema_version":2', b'"schema_version":1'),  # v1 has no tick_id
         good.replace(b'"schema_version":1', b'"schema_version":2'),  # v2 needs one
         good2.replace(b'"tick_id":"', b'"tick_id":"x'),
+        # version 3: its kinds and fields only there; no carried identity
+        v3.replace(b'"schema_version":3', b'"schema_version":1'),
+        v3.replace(b'"schema_version":3', b'"schema_version":2'),
+        good[:-1] + b',"status_code":"H"}',
+        v3[:-1] + b',"tick_id":"' + str(trade().tick_id).encode() + b'"}',
+        v3.replace(b'"corrected_price":187.26,', b""),  # a correction without its price
+        v3.replace(b'"corrected_size":100.0', b'"corrected_size":-1.0'),
+        v3.replace(b'"tape":"C"', b'"tape":"' + b"C" * 9 + b'"'),
     ]
     for value in cases:
         assert _fast_reason(value) is _reason(value), value
@@ -215,7 +284,10 @@ def test_bounds_cover_every_text_field() -> None:
         for name, info in Tick.model_fields.items()
         if "str" in str(info.annotation) and "UUID" not in str(info.annotation)
     }
-    assert text_fields == set(TEXT_BOUNDS)
+    # The condition lists of a correction are bounded like the trade's own ("conditions").
+    assert text_fields - {"original_conditions", "corrected_conditions"} == set(TEXT_BOUNDS)
+    for name in ("original_conditions", "corrected_conditions"):
+        assert Tick.model_fields[name].annotation == Tick.model_fields["conditions"].annotation
 
 
 def test_integers_beyond_bigint_and_timestamps_beyond_it_are_invalid_values() -> None:

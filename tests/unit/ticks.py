@@ -7,7 +7,7 @@ from typing import Any
 
 from tickpipe_common.producer.csv_backup import CsvBackupWriter
 from tickpipe_common.producer.wire import csv_line
-from tickpipe_common.schema import Tick, encode_tick
+from tickpipe_common.schema import Tick, TickV3, encode_tick
 from tickpipe_common.timestamps import utc_date
 
 TS = 1_709_303_400_123_456_789
@@ -99,3 +99,80 @@ def back_up(writer: CsvBackupWriter, *ticks: Tick) -> None:
     the day it received them: here the two are the same)."""
     for tick in ticks:
         writer.append(utc_date(tick.ts_ns), [row(tick)])
+
+
+def correction(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "trade_correction",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS + 5_000_000,
+        "received_ns": TS + 6_000_000,
+        "feed": "iex",
+        "exchange": "V",
+        "tape": "C",
+        "original_trade_id": 42,
+        "original_price": 187.25,
+        "original_size": 100.0,
+        "original_conditions": ("@", "I"),
+        "corrected_trade_id": 1_000_000_000_042,
+        "corrected_price": 187.26,
+        "corrected_size": 100.0,
+        "corrected_conditions": ("@", "I"),
+    }
+    fields.update(overrides)
+    return TickV3(**fields)
+
+
+def trade_cancel(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "trade_cancel",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS + 7_000_000,
+        "received_ns": TS + 8_000_000,
+        "feed": "iex",
+        "price": 187.25,
+        "size": 100.0,
+        "exchange": "V",
+        "trade_id": 42,
+        "tape": "C",
+        "cancel_action": "C",
+    }
+    fields.update(overrides)
+    return TickV3(**fields)
+
+
+def trading_status(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "trading_status",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS,
+        "received_ns": TS + 1_000_000,
+        "feed": "iex",
+        "tape": "C",
+        "status_code": "H",
+        "status_message": "Trading Halt",
+        "reason_code": "LUDP",
+        "reason_message": "Volatility Trading Pause",
+    }
+    fields.update(overrides)
+    return TickV3(**fields)
+
+
+def luld(**overrides: Any) -> Tick:
+    fields: dict[str, Any] = {
+        "kind": "luld",
+        "asset_class": "stock",
+        "symbol": "AAPL",
+        "ts_ns": TS,
+        "received_ns": TS + 1_000_000,
+        "feed": "iex",
+        "tape": "C",
+        "limit_up_price": 196.61,
+        "limit_down_price": 177.89,
+        "luld_indicator": "B",
+    }
+    fields.update(overrides)
+    return TickV3(**fields)
