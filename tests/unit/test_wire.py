@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from tickpipe_common.producer.wire import (
+    LEGACY_COLUMNS,
     MalformedMessage,
     csv_line,
     document_from_cells,
@@ -20,7 +21,7 @@ from tickpipe_common.producer.wire import (
     normalise,
     price_signature,
 )
-from tickpipe_common.schema import Tick, decode_tick, encode_tick
+from tickpipe_common.schema import Tick, TickV3, decode_tick, encode_tick, make_tick
 
 NS = msgpack.Timestamp(1_709_303_400, 123_456_789)
 TS = 1_709_303_400_123_456_789
@@ -82,11 +83,56 @@ CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
         {"kind": "orderbook", "bids": (), "asks": ({"price": 61001.0, "size": 1.25},),
          "reset": False},
     ),
+    # schema version 3: Alpaca's field names, as its forum and SDKs show them
+    (
+        {"T": "c", "S": "IWM", "x": "D", "oi": 79372207866957, "op": 208.65, "os": 14950,
+         "oc": [" ", "7", "V"], "ci": 79372223926359, "cp": 208.66, "cs": 14950,
+         "cc": [" ", "7", "Z", "V"], "z": "B", "t": NS},
+        "stock", "sip",
+        {"kind": "trade_correction", "exchange": "D", "tape": "B",
+         "original_trade_id": 79372207866957, "original_price": 208.65,
+         "original_size": 14950.0, "original_conditions": (" ", "7", "V"),
+         "corrected_trade_id": 79372223926359, "corrected_price": 208.66,
+         "corrected_size": 14950.0, "corrected_conditions": (" ", "7", "Z", "V")},
+    ),
+    (
+        {"T": "c", "S": "AAPL", "x": "V", "oi": 3, "op": 1.5, "os": 10, "cp": 1.25, "cs": 5,
+         "t": NS},
+        "stock", "iex",
+        {"kind": "trade_correction", "exchange": "V", "original_trade_id": 3,
+         "original_price": 1.5, "original_size": 10.0, "corrected_price": 1.25,
+         "corrected_size": 5.0},
+    ),
+    (
+        {"T": "x", "S": "ARVL", "i": 3, "x": "Q", "p": 11.8, "s": 22, "a": "C", "z": "C",
+         "t": NS},
+        "stock", "sip",
+        {"kind": "trade_cancel", "trade_id": 3, "exchange": "Q", "price": 11.8, "size": 22.0,
+         "cancel_action": "C", "tape": "C"},
+    ),
+    (
+        {"T": "s", "S": "AAPL", "sc": "H", "sm": "Trading Halt", "rc": "LUDP",
+         "rm": "Volatility Trading Pause", "t": NS, "z": "C"},
+        "stock", "iex",
+        {"kind": "trading_status", "status_code": "H", "status_message": "Trading Halt",
+         "reason_code": "LUDP", "reason_message": "Volatility Trading Pause", "tape": "C"},
+    ),
+    (
+        {"T": "s", "S": "SPY", "sc": "T", "t": NS},
+        "stock", "iex",
+        {"kind": "trading_status", "status_code": "T"},
+    ),
+    (
+        {"T": "l", "S": "AAPL", "u": 196.61, "d": 177.89, "i": "B", "t": NS, "z": "C"},
+        "stock", "iex",
+        {"kind": "luld", "limit_up_price": 196.61, "limit_down_price": 177.89,
+         "luld_indicator": "B", "tape": "C"},
+    ),
 ]  # fmt: skip
 
 
 def _expected(raw: dict[str, Any], asset_class: str, feed: str, fields: dict[str, Any]) -> Tick:
-    return Tick(
+    return make_tick(
         asset_class=asset_class,
         symbol=raw["S"],
         ts_ns=TS,
@@ -117,7 +163,8 @@ def test_backup_row_gives_the_same_value_back(
     doc = normalise(raw, asset_class, feed, RECEIVED)
     cells = next(csv.reader(io.StringIO(csv_line(doc).decode())))
     assert encode_value(document_from_cells(cells)) == encode_value(doc)
-    assert Tick.model_validate(document_from_cells(cells)) == _expected(
+    model = TickV3 if cells[0] == "3" else Tick
+    assert model.model_validate(document_from_cells(cells)) == _expected(
         raw, asset_class, feed, fields
     )
 
@@ -138,7 +185,11 @@ def test_msgpack_timestamp_keeps_nanoseconds() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        {"T": "s", "S": "AAPL"},  # trading status: not a tick
+        {"T": "s", "S": "AAPL", "t": NS},  # a trading status without its code
+        {"T": "c", "S": "AAPL", "t": NS, "op": 1.0, "os": 1, "cp": 1.0, "cs": 1},  # no "oi"
+        {"T": "x", "S": "AAPL", "t": NS, "i": 1, "p": 1.0, "s": 1},  # no action
+        {"T": "l", "S": "AAPL", "t": NS, "u": 1.0, "d": -1.0},
+        {"T": "n", "S": "AAPL", "t": NS},  # news: not a tick
         {"T": "t", "S": "AAPL", "t": NS, "s": 1},  # no price
         {"T": "t", "S": "AAPL", "t": NS, "p": "abc", "s": 1},
         {"T": "t", "S": "AAPL", "t": NS, "p": -1.0, "s": 1},
@@ -160,3 +211,14 @@ def test_msgpack_timestamp_keeps_nanoseconds() -> None:
 def test_malformed_messages_are_refused_with_a_reason(raw: dict[str, Any]) -> None:
     with pytest.raises(MalformedMessage, match=r"\w"):
         normalise(raw, "stock", "iex", received_ns=5)
+
+
+def test_a_backup_row_written_before_version_3_still_reads() -> None:
+    raw, asset_class, feed, _fields = CASES[0]
+    doc = normalise(raw, asset_class, feed, RECEIVED)
+    cells = next(csv.reader(io.StringIO(csv_line(doc).decode())))
+    legacy = cells[: len(LEGACY_COLUMNS)]
+    assert all(cell == "" for cell in cells[len(LEGACY_COLUMNS) :])
+    assert encode_value(document_from_cells(legacy)) == encode_value(doc)
+    with pytest.raises(ValueError, match="cells"):
+        document_from_cells(cells[:-1])

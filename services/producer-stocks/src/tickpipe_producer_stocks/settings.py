@@ -17,3 +17,8 @@ class StockProducerSettings(ProducerSettings):
     feed: Literal["iex", "sip", "delayed_sip", "test"] = Field(
         "iex", description="Stock feed: iex, sip, delayed_sip or test (/v2/<feed>)."
     )
+
+    def allowed_channels(self) -> frozenset[str]:
+        # Trade corrections and cancel/errors come with trades (Alpaca sends them to every
+        # trade subscriber); trading statuses and LULD bands are channels of their own.
+        return super().allowed_channels() | {"statuses", "lulds"}

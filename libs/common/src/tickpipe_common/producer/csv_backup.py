@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import IO
 
 from tickpipe_common.logging import get_logger
-from tickpipe_common.producer.wire import COLUMNS, document_from_cells, header_line
+from tickpipe_common.producer.wire import (
+    COLUMNS,
+    LEGACY_COLUMNS,
+    document_from_cells,
+    header_line,
+)
 from tickpipe_common.schema import AssetClass, Tick
 from tickpipe_common.timestamps import NANOS_PER_SECOND, parse_rfc3339_ns, utc_date
 
@@ -235,10 +240,12 @@ def read_rows(
             header = next(reader, None)
             if header is None:
                 continue
-            if tuple(header) != COLUMNS:
+            if tuple(header) not in (COLUMNS, LEGACY_COLUMNS):
                 raise ValueError(f"{path}: unexpected columns {header[:5]}…")
             for row in reader:
-                if len(row) != len(COLUMNS):
+                # A day begun before schema version 3 has its header and rows of the legacy
+                # columns, and may go on with today's rows after an upgrade: both are read.
+                if len(row) != len(COLUMNS) and len(row) != len(LEGACY_COLUMNS):
                     continue  # a line cut short by a crash mid-write
                 if wanted is not None and row[symbol_at] not in wanted:
                     continue

@@ -13,9 +13,11 @@ and ``_data_received`` is set the same way), the same return values (True: stale
 False: stopped), the same exceptions to ``_run_forever``. What changes:
 
 - a frame whose messages are all market data of a subscribed channel goes to the hand-off in
-  one ``receive_frame`` call; any other frame (subscription acks, errors, corrections, a type
-  we did not subscribe) is dispatched message by message through alpaca-py's own ``_dispatch``,
-  so its logging and handler routing stay alpaca-py's;
+  one ``receive_frame`` call (trade corrections and cancel/errors count as the trades channel's,
+  as Alpaca sends them to trade subscribers); any other frame (subscription acks, errors, a
+  type we did not subscribe) is dispatched message by message through alpaca-py's own
+  ``_dispatch``, so its logging and handler routing stay alpaca-py's, except that the messages
+  of our types in it go to the hand-off as well;
 - msgpack timestamps are decoded straight to integer epoch nanoseconds (``timestamp=2``)
   instead of one ``msgpack.Timestamp`` object per message (``wire.epoch_ns`` takes both).
 
@@ -49,7 +51,12 @@ TYPE_BY_CHANNEL = {
     "updated_bars": "u",
     "daily_bars": "d",
     "orderbooks": "o",
+    "statuses": "s",
+    "lulds": "l",
 }
+# Types that come with a channel without being subscribed themselves: trade corrections and
+# cancel/errors, with trades.
+TYPES_WITH_CHANNEL = {"trades": ("c", "x")}
 _REQUIRED = ("_consume", "_ws", "_stop_stream_queue", "_data_timeout", "_dispatch", "close")
 
 # What alpaca-py's own loop uses as the longest wait for one frame.
@@ -61,7 +68,10 @@ FrameHandler = Callable[[list[Any]], None]
 class FrameReceiver:
     def __init__(self, stream: Any, channels: Collection[str], on_frame: FrameHandler) -> None:
         self._stream = stream
-        self._types = frozenset(TYPE_BY_CHANNEL[channel] for channel in channels)
+        types = {TYPE_BY_CHANNEL[channel] for channel in channels}
+        for channel in channels:
+            types.update(TYPES_WITH_CHANNEL.get(channel, ()))
+        self._types = frozenset(types)
         self._on_frame = on_frame
 
     def market_only(self, msgs: list[Any]) -> bool:

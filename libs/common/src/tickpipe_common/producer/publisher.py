@@ -19,7 +19,7 @@ from tickpipe_common.backoff import Backoff
 from tickpipe_common.kafka_produce import produce_with_room
 from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, get_logger
 from tickpipe_common.producer.metrics import ProducerMetrics
-from tickpipe_common.schema import kafka_headers
+from tickpipe_common.schema import SCHEMA_VERSION_AMENDMENTS, V3_KINDS, kafka_headers
 
 log = get_logger(__name__)
 kafka_errors = get_logger(KAFKA_ERRORS_LOGGER)  # rate-limited: the client repeats its errors
@@ -56,10 +56,12 @@ class _Delivery:
     (``_collect_acks``), not per tick (a Prometheus increment takes a lock).
     """
 
-    __slots__ = ("_counter", "_latency", "_publisher", "acked", "collected")
+    __slots__ = ("_counter", "_latency", "_publisher", "acked", "collected", "headers")
 
     def __init__(self, publisher: KafkaPublisher, kind: str) -> None:
         self._publisher = publisher
+        # The headers of this kind's messages: their schema version is the kind's.
+        self.headers = publisher.headers_for(kind)
         self._counter = publisher.metrics.published.labels(kind, publisher.asset_class)
         self._latency = publisher.metrics.delivery_latency
         self.acked = 0
@@ -102,6 +104,7 @@ class KafkaPublisher:
         self._conf = {**conf, "error_cb": self._on_error}
         self._topic = topic
         self._headers = kafka_headers(service)
+        self._headers_v3 = kafka_headers(service, SCHEMA_VERSION_AMENDMENTS)
         self.asset_class = asset_class
         self.metrics = metrics
         self._factory = producer_factory
@@ -119,6 +122,10 @@ class KafkaPublisher:
         self.delivered = 0  # acknowledged, as of the last poll or flush
         self.failed = 0
         self.requeued = 0
+
+    def headers_for(self, kind: str) -> list[tuple[str, str | bytes | None]]:
+        """Version 3 for the kinds only it has (``wire`` writes them so), else version 1."""
+        return self._headers_v3 if kind in V3_KINDS else self._headers
 
     def _collect_acks(self) -> None:
         """Fold the callbacks' acknowledgement counts in (on the thread that polls)."""
@@ -139,29 +146,24 @@ class KafkaPublisher:
             callback = self._callbacks[kind] = _Delivery(self, kind)
         try:  # the common case in one call; a full queue or a fatal error takes the long way
             self._producer.produce(
-                self._topic, value, key, headers=self._headers, on_delivery=callback
+                self._topic, value, key, headers=callback.headers, on_delivery=callback
             )
         except (BufferError, KafkaException):
-            return self._produce(key, value, self._headers, callback)
+            return self._produce(key, value, callback.headers, callback)
         return True
 
     def produce_many(self, messages: list[tuple[bytes, bytes, str]]) -> int:
         """``produce`` each (key, value, kind) in order; how many were queued before the first
         that did not fit (``len(messages)``: all of them). The sink's per-tick loop."""
-        producer, topic, headers, callbacks = (
-            self._producer,
-            self._topic,
-            self._headers,
-            self._callbacks,
-        )
+        producer, topic, callbacks = self._producer, self._topic, self._callbacks
         for i, (key, value, kind) in enumerate(messages):
             callback = callbacks.get(kind)
             if callback is None:
                 callback = callbacks[kind] = _Delivery(self, kind)
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=callback)
+                producer.produce(topic, value, key, headers=callback.headers, on_delivery=callback)
             except (BufferError, KafkaException):
-                if not self._produce(key, value, headers, callback):
+                if not self._produce(key, value, callback.headers, callback):
                     return i
                 producer = self._producer  # a fatal error may have replaced the client
         return len(messages)

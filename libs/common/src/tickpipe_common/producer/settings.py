@@ -34,7 +34,8 @@ class ProducerSettings(CommonSettings, KafkaSettings):
     channels: CommaList = Field(
         ("trades", "quotes", "bars"),
         description="Comma-separated channels: trades, quotes, bars, updated_bars, daily_bars"
-        " (and orderbooks for crypto).",
+        " (and orderbooks for crypto; statuses and lulds for stocks). Stock trades bring their"
+        " corrections and cancel/errors with them.",
     )
     feed: str = Field(description="The Alpaca feed, part of the stream path.")
     publish_mode: Literal["on_change", "every_tick"] = Field(

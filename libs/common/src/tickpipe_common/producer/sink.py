@@ -38,6 +38,7 @@ from tickpipe_common.producer.price_filter import PriceChangeFilter
 from tickpipe_common.producer.publisher import KafkaPublisher
 from tickpipe_common.producer.wire import (
     COLUMNS,
+    KIND_BY_TYPE,
     MalformedMessage,
     document_from_cells,
     encode,
@@ -84,8 +85,7 @@ class TickSink:
         self._metrics = metrics
         self._idle = idle_poll_seconds
         self._received = {
-            kind: metrics.received.labels(kind, asset_class)
-            for kind in ("trade", "quote", "bar", "updated_bar", "daily_bar", "orderbook")
+            kind: metrics.received.labels(kind, asset_class) for kind in KIND_BY_TYPE.values()
         }
         self.spill: Spill | None = None
         self._spill_state = backup.folder / "spill.json"

@@ -11,6 +11,10 @@ Closing a mute socket must not block the reconnect: the websockets library waits
 ``close_timeout`` for the peer's close frame and again for the TCP close (10 s each by
 default, which made a silent stream reconnect 31 s late), so we set it to one second.
 
+Stock trades bring their corrections and cancel/errors (Alpaca sends them to every trade
+subscriber; alpaca-py dispatches them to a handler of their own, registered here too), and
+``statuses`` and ``lulds`` are channels of their own.
+
 The message handler is the hand-off's (``handoff.HandOff.handler``): it only appends. Given
 ``on_frame`` (the producers give ``HandOff.receive_frame``), whole frames of market data skip
 alpaca-py's per-message dispatch (``frames``); the handler then sees only what alpaca-py
@@ -45,7 +49,19 @@ SUBSCRIBE_METHODS = {
     "updated_bars": "subscribe_updated_bars",
     "daily_bars": "subscribe_daily_bars",
     "orderbooks": "subscribe_orderbooks",
+    "statuses": "subscribe_trading_statuses",
 }
+# alpaca-py (0.44) routes LULD messages to the "lulds" handlers but has no method to
+# subscribe them: ``subscribe_lulds`` below fills that table the way its own methods do.
+LULDS = "lulds"
+# What comes with stock trades on Alpaca without a subscription of its own: alpaca-py
+# dispatches corrections and cancel/errors to the handler registered by these methods.
+WITH_TRADES = ("register_trade_corrections", "register_trade_cancels")
+
+
+def subscribe_lulds(stream: Any, handler: MessageHandler, *symbols: str) -> None:
+    """LULD bands on an alpaca-py ``StockDataStream`` (relies on ``_subscribe``/``_handlers``)."""
+    stream._subscribe(handler, symbols, stream._handlers[LULDS])
 
 
 class StreamSupervisor:
@@ -71,7 +87,14 @@ class StreamSupervisor:
     def _build(self) -> Any:
         stream = self._make_stream()
         for channel in self._channels:
-            getattr(stream, SUBSCRIBE_METHODS[channel])(self._on_message, *self._symbols)
+            if channel == LULDS:
+                subscribe_lulds(stream, self._on_message, *self._symbols)
+            else:
+                getattr(stream, SUBSCRIBE_METHODS[channel])(self._on_message, *self._symbols)
+        if "trades" in self._channels:
+            for method in WITH_TRADES:
+                if hasattr(stream, method):  # stocks; crypto has neither
+                    getattr(stream, method)(self._on_message)
         if self._on_frame is not None:
             frames.install(stream, self._channels, self._on_frame)
 

@@ -1,4 +1,5 @@
-"""Alpaca stream messages (raw dicts) → schema-version-1 tick values, without pydantic.
+"""Alpaca stream messages (raw dicts) → tick values (schema version 1, and 3 for the kinds only
+version 3 has: corrections, cancel/errors, trading statuses, LULD bands), without pydantic.
 
 This is the producer's hot path, so it builds the wire document directly: a plain dict in the
 field order and form of ``schema.encode_tick`` (``Tick.model_dump_json(exclude_none=True)``),
@@ -27,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-from tickpipe_common.schema import SCHEMA_VERSION, Tick
+from tickpipe_common.schema import SCHEMA_VERSION, SCHEMA_VERSION_AMENDMENTS, V3_FIELDS, Tick
 from tickpipe_common.timestamps import NANOS_PER_SECOND, parse_rfc3339_ns
 
 # Wire type letter → tick kind.
@@ -38,12 +39,22 @@ KIND_BY_TYPE = {
     "u": "updated_bar",
     "d": "daily_bar",
     "o": "orderbook",
+    # stocks only; schema version 3
+    "c": "trade_correction",
+    "x": "trade_cancel",
+    "s": "trading_status",
+    "l": "luld",
 }
 _BAR_KINDS = frozenset({"bar", "updated_bar", "daily_bar"})
 
 # The backup's columns: every schema field, by its wire name, in the schema's order.
 COLUMNS: tuple[str, ...] = tuple(field.alias or name for name, field in Tick.model_fields.items())
-_JSON_COLUMNS = frozenset({"conditions", "bids", "asks"})
+# The columns of a backup written before schema version 3 (still read: the version-3 fields
+# are all at the end, so such a row is a prefix of today's).
+LEGACY_COLUMNS: tuple[str, ...] = COLUMNS[: COLUMNS.index(V3_FIELDS[0])]
+_JSON_COLUMNS = frozenset(
+    {"conditions", "bids", "asks", "original_conditions", "corrected_conditions"}
+)
 _FLOAT_COLUMNS = frozenset(
     {
         "price",
@@ -58,9 +69,17 @@ _FLOAT_COLUMNS = frozenset(
         "close",
         "volume",
         "vwap",
+        "original_price",
+        "original_size",
+        "corrected_price",
+        "corrected_size",
+        "limit_up_price",
+        "limit_down_price",
     }
 )
-_INT_COLUMNS = frozenset({"schema_version", "trade_id", "trade_count"})
+_INT_COLUMNS = frozenset(
+    {"schema_version", "trade_id", "trade_count", "original_trade_id", "corrected_trade_id"}
+)
 
 
 class MalformedMessage(ValueError):
@@ -132,6 +151,15 @@ def _conditions(msg: Mapping[str, Any]) -> list[str] | None:
     return [str(c) for c in raw]
 
 
+def _condition_list(msg: Mapping[str, Any], key: str) -> list[str] | None:
+    raw = msg.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple):
+        raise MalformedMessage(f"{key}: conditions are not a list")
+    return [str(c) for c in raw]
+
+
 def _levels(msg: Mapping[str, Any], key: str) -> list[dict[str, float]]:
     raw = msg[key]
     if not isinstance(raw, list):
@@ -182,6 +210,65 @@ def _orderbook(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
     doc["reset"] = bool(msg.get("r"))
 
 
+# Schema version 3. Each puts its fields in the schema's order and marks the document as
+# version 3 (the key exists already, so its place stays first).
+
+
+def _correction(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["schema_version"] = SCHEMA_VERSION_AMENDMENTS
+    _put(doc, "exchange", _text(msg, "x"))
+    _put(doc, "tape", _text(msg, "z"))
+    doc["original_trade_id"] = _required_integer(msg, "oi")
+    doc["original_price"] = _number(msg, "op")
+    doc["original_size"] = _number(msg, "os")
+    _put(doc, "original_conditions", _condition_list(msg, "oc"))
+    _put(doc, "corrected_trade_id", _integer(msg, "ci"))
+    doc["corrected_price"] = _number(msg, "cp")
+    doc["corrected_size"] = _number(msg, "cs")
+    _put(doc, "corrected_conditions", _condition_list(msg, "cc"))
+
+
+def _cancel(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["schema_version"] = SCHEMA_VERSION_AMENDMENTS
+    doc["price"] = _number(msg, "p")
+    doc["size"] = _number(msg, "s")
+    _put(doc, "exchange", _text(msg, "x"))
+    doc["trade_id"] = _required_integer(msg, "i")
+    _put(doc, "tape", _text(msg, "z"))
+    doc["cancel_action"] = _required_text(msg, "a")
+
+
+def _status(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["schema_version"] = SCHEMA_VERSION_AMENDMENTS
+    _put(doc, "tape", _text(msg, "z"))
+    doc["status_code"] = _required_text(msg, "sc")
+    _put(doc, "status_message", _text(msg, "sm"))
+    _put(doc, "reason_code", _text(msg, "rc"))
+    _put(doc, "reason_message", _text(msg, "rm"))
+
+
+def _luld(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
+    doc["schema_version"] = SCHEMA_VERSION_AMENDMENTS
+    _put(doc, "tape", _text(msg, "z"))
+    doc["limit_up_price"] = _number(msg, "u")
+    doc["limit_down_price"] = _number(msg, "d")
+    _put(doc, "luld_indicator", _text(msg, "i"))
+
+
+def _required_integer(msg: Mapping[str, Any], key: str) -> int:
+    value = _integer(msg, key)
+    if value is None:
+        raise MalformedMessage(f"without field {key!r}")
+    return value
+
+
+def _required_text(msg: Mapping[str, Any], key: str) -> str:
+    value = _text(msg, key)
+    if value is None:
+        raise MalformedMessage(f"without field {key!r}")
+    return value
+
+
 _FIELDS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
     "trade": _trade,
     "quote": _quote,
@@ -189,6 +276,10 @@ _FIELDS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
     "updated_bar": _bar,
     "daily_bar": _bar,
     "orderbook": _orderbook,
+    "trade_correction": _correction,
+    "trade_cancel": _cancel,
+    "trading_status": _status,
+    "luld": _luld,
 }
 
 
@@ -346,9 +437,12 @@ def header_line() -> bytes:
 
 
 def document_from_cells(cells: Sequence[str]) -> dict[str, Any]:
-    """A backup row (as ``csv.reader`` splits it) → the wire document it was written from."""
+    """A backup row (as ``csv.reader`` splits it) → the wire document it was written from;
+    a row of ``LEGACY_COLUMNS`` (written before schema version 3) too."""
+    if len(cells) != len(COLUMNS) and len(cells) != len(LEGACY_COLUMNS):
+        raise ValueError(f"a backup row has {len(COLUMNS)} cells, not {len(cells)}")
     doc: dict[str, Any] = {}
-    for column, cell in zip(COLUMNS, cells, strict=True):
+    for column, cell in zip(COLUMNS, cells, strict=False):
         if cell == "":
             continue
         if column in _FLOAT_COLUMNS:
