@@ -17,6 +17,8 @@ from typing import Final
 
 from tickpipe_common.schema import (
     HEADER_PRODUCER,
+    V3_FIELDS,
+    V3_KINDS,
     LevelFields,
     RejectReason,
     TickFields,
@@ -59,6 +61,23 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("asks", "jsonb"),
     ("reset", "bool"),
     ("producer", "text"),
+    # schema version 3 (migration 0004): in V3_FIELDS order
+    ("original_trade_id", "int8"),
+    ("original_price", "float8"),
+    ("original_size", "float8"),
+    ("original_conditions", "text[]"),
+    ("corrected_trade_id", "int8"),
+    ("corrected_price", "float8"),
+    ("corrected_size", "float8"),
+    ("corrected_conditions", "text[]"),
+    ("cancel_action", "text"),
+    ("status_code", "text"),
+    ("status_message", "text"),
+    ("reason_code", "text"),
+    ("reason_message", "text"),
+    ("limit_up_price", "float8"),
+    ("limit_down_price", "float8"),
+    ("luld_indicator", "text"),
 )
 COLUMN_NAMES: Final = tuple(name for name, _ in COLUMNS)
 COLUMN_TYPES: Final = tuple(pg_type for _, pg_type in COLUMNS)
@@ -145,8 +164,35 @@ def tick_to_row(tick: TickFields, producer: str | None, may_hold_nul: bool = Tru
         _levels(tick.asks),
         tick.reset,
         producer,
+        *(_NO_V3_VALUES if tick.kind not in V3_KINDS else _v3_values(tick)),
     )
     return row
+
+
+# The version-3 columns of every other kind: all NULL, one shared tuple.
+_NO_V3_VALUES: Final[tuple[None, ...]] = (None,) * len(V3_FIELDS)
+
+
+def _v3_values(tick: TickFields) -> Row:
+    """The version-3 columns, in ``V3_FIELDS`` order (that of ``COLUMNS``)."""
+    return (
+        tick.original_trade_id,
+        tick.original_price,
+        tick.original_size,
+        None if tick.original_conditions is None else list(tick.original_conditions),
+        tick.corrected_trade_id,
+        tick.corrected_price,
+        tick.corrected_size,
+        None if tick.corrected_conditions is None else list(tick.corrected_conditions),
+        tick.cancel_action,
+        tick.status_code,
+        tick.status_message,
+        tick.reason_code,
+        tick.reason_message,
+        tick.limit_up_price,
+        tick.limit_down_price,
+        tick.luld_indicator,
+    )
 
 
 def _levels(levels: Sequence[LevelFields] | None) -> list[dict[str, float]] | None:
@@ -169,6 +215,12 @@ _TEXT_FIELDS = (
     "taker_side",
     "bid_exchange",
     "ask_exchange",
+    "cancel_action",
+    "status_code",
+    "status_message",
+    "reason_code",
+    "reason_message",
+    "luld_indicator",
 )
 
 
@@ -176,6 +228,8 @@ def _refuse_nul(tick: TickFields) -> None:
     # PostgreSQL text cannot hold U+0000; JSON can ("\u0000"), so it must be caught here.
     texts = [(name, getattr(tick, name)) for name in _TEXT_FIELDS]
     texts += [("conditions", c) for c in tick.conditions or ()]
+    texts += [("original_conditions", c) for c in tick.original_conditions or ()]
+    texts += [("corrected_conditions", c) for c in tick.corrected_conditions or ()]
     for field, value in texts:
         if value and "\x00" in value:
             raise _reject(field, "contains a NUL character, which PostgreSQL text cannot store")
