@@ -118,9 +118,9 @@ CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
          "reason_code": "LUDP", "reason_message": "Volatility Trading Pause", "tape": "C"},
     ),
     (
-        {"T": "s", "S": "SPY", "sc": "T", "t": NS},
+        {"T": "s", "S": "SPY", "sc": "T", "sm": "Trading", "rc": "", "rm": "", "t": NS},
         "stock", "iex",
-        {"kind": "trading_status", "status_code": "T"},
+        {"kind": "trading_status", "status_code": "T", "status_message": "Trading"},
     ),
     (
         {"T": "l", "S": "AAPL", "u": 196.61, "d": 177.89, "i": "B", "t": NS, "z": "C"},

@@ -211,7 +211,9 @@ def _orderbook(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
 
 
 # Schema version 3. Each puts its fields in the schema's order and marks the document as
-# version 3 (the key exists already, so its place stays first).
+# version 3 (the key exists already, so its place stays first). An empty optional text (a
+# status without a reason: "rc": "") is left out: the backup cannot tell "" from absent, and a
+# tick re-published from it must have the identity it had live.
 
 
 def _correction(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
@@ -242,9 +244,9 @@ def _status(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
     doc["schema_version"] = SCHEMA_VERSION_AMENDMENTS
     _put(doc, "tape", _text(msg, "z"))
     doc["status_code"] = _required_text(msg, "sc")
-    _put(doc, "status_message", _text(msg, "sm"))
-    _put(doc, "reason_code", _text(msg, "rc"))
-    _put(doc, "reason_message", _text(msg, "rm"))
+    _put(doc, "status_message", _text(msg, "sm") or None)
+    _put(doc, "reason_code", _text(msg, "rc") or None)
+    _put(doc, "reason_message", _text(msg, "rm") or None)
 
 
 def _luld(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
@@ -252,7 +254,7 @@ def _luld(doc: dict[str, Any], msg: Mapping[str, Any]) -> None:
     _put(doc, "tape", _text(msg, "z"))
     doc["limit_up_price"] = _number(msg, "u")
     doc["limit_down_price"] = _number(msg, "d")
-    _put(doc, "luld_indicator", _text(msg, "i"))
+    _put(doc, "luld_indicator", _text(msg, "i") or None)
 
 
 def _required_integer(msg: Mapping[str, Any], key: str) -> int:
