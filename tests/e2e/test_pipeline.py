@@ -1,6 +1,9 @@
 """The whole pipeline as separate processes: simulator → both producers → Kafka → consumer →
 PostgreSQL, for a fixed amount of ticks. Afterwards the table must hold exactly what was
-published — none missing, none twice — reconciled against the simulator's ``/stats``.
+published — none missing, none twice — reconciled against the simulator's ``/stats``. The
+stock feed amends its trades often in this run (corrections and cancels come with trades) and
+the stock producer subscribes statuses and LULD bands, so every kind of schema version 3 goes
+the whole way too, and the corrected view is checked against the stored amendments.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ EVENTS_PER_SYMBOL = 150
 STOCKS = ("AAPL", "MSFT")
 CRYPTO = ("BTC/USD", "ETH/USD")
 STOCK_PATH, CRYPTO_PATH = "/v2/iex", "/v1beta3/crypto/us"
-SUBSCRIBED_KINDS = frozenset({"trade", "quote", "bar", "orderbook"})
+AMENDING_KINDS = frozenset({"trade_correction", "trade_cancel", "trading_status", "luld"})
+SUBSCRIBED_KINDS = frozenset({"trade", "quote", "bar", "orderbook"}) | AMENDING_KINDS
 SECRET = "e2e-secret-" + uuid.uuid4().hex
 
 
@@ -55,6 +59,10 @@ def pipeline(
                 # A fixed run that reaches its subscribers whole: symbols trade while subscribed.
                 "SIM_TRADING": "while_subscribed",
                 "SIM_BAR_INTERVAL": "0.5",
+                # Often enough that each kind comes several times for each stock symbol.
+                "SIM_CORRECTION_PROBABILITY": "0.1",
+                "SIM_CANCEL_PROBABILITY": "0.05",
+                "SIM_HALT_PROBABILITY": "0.03",
             },
             tmp_path / "sim.log",
         ),
@@ -77,7 +85,7 @@ def pipeline(
             {
                 **producer_env,
                 "SYMBOLS": ",".join(STOCKS),
-                "CHANNELS": "trades,quotes,bars",
+                "CHANNELS": "trades,quotes,bars,statuses,lulds",
                 "HTTP_PORT": str(ports["stocks"]),
             },
             tmp_path / "producer-stocks.log",
@@ -193,6 +201,27 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
             " FROM market_ticks WHERE kind IN ('trade', 'quote')"
         ).fetchone() or (None, None)
         assert (whole_micros, mismatched) == (0, 0)
+
+    # The version-3 kinds went the whole way, and the corrected view applies them.
+    for symbol in STOCKS:
+        for kind in AMENDING_KINDS:
+            assert sent[(symbol, kind)] > 0, (symbol, kind)
+    with psycopg.connect(dsn) as conn:
+        corrected = conn.execute(
+            "SELECT symbol, count(*), count(*) FILTER (WHERE corrected)"
+            " FROM market_trades_corrected GROUP BY symbol"
+        ).fetchall()
+        for symbol, rows, applied in corrected:
+            expected = sent[(symbol, "trade")] - sent[(symbol, "trade_cancel")]
+            assert (rows, applied) == (expected, sent[(symbol, "trade_correction")]), symbol
+        # Each correction's values are those of its trade in the view.
+        mismatched = conn.execute(
+            "SELECT count(*) FROM market_ticks c JOIN market_trades_corrected t"
+            " ON t.symbol = c.symbol AND t.trade_id = c.corrected_trade_id"
+            " WHERE c.kind = 'trade_correction'"
+            " AND (t.price, t.size) IS DISTINCT FROM (c.corrected_price, c.corrected_size)"
+        ).fetchone()
+        assert mismatched == (0,)
 
     # 4. Replaying the stock backup publishes everything again; the table does not change.
     stock_rows = sum(n for (symbol, _), n in sent.items() if symbol in STOCKS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,12 +42,17 @@ RECEIVE_PATHS = pytest.mark.parametrize("frame_level", [False, True], ids=["mess
 
 
 def _supervisor(
-    url: str, recorder: Recorder, stale_after: float = 30.0, *, frame_level: bool = False
+    url: str,
+    recorder: Recorder,
+    stale_after: float = 30.0,
+    *,
+    frame_level: bool = False,
+    channels: tuple[str, ...] = ("trades", "quotes"),
 ) -> StreamSupervisor:
     settings = StockProducerSettings(
         alpaca_data_stream_url="ws://unused",
         symbols=("AAPL", "MSFT"),
-        channels=("trades", "quotes"),
+        channels=channels,
         stale_after_seconds=stale_after,
         reconnect_initial_seconds=0.1,
         reconnect_max_seconds=0.5,
@@ -94,6 +100,59 @@ async def _test_streams_and_stops_cleanly(frame_level: bool) -> None:
     sent = sum(n for kinds in stats["sent"]["/v2/iex"].values() for n in kinds.values())
     assert sent == len(recorder.messages) == 80
     if frame_level:  # the data came in whole frames, not through alpaca-py's dispatch
+        assert recorder.frames > 0
+
+
+@RECEIVE_PATHS
+def test_corrections_cancels_statuses_and_bands_reach_the_handoff(frame_level: bool) -> None:
+    """Corrections and cancel/errors come with trades (alpaca-py routes them to handlers of
+    their own, the frame-level receive takes them with the trades); statuses and LULD bands
+    are channels of their own (alpaca-py has no method for LULDs)."""
+    asyncio.run(_test_amendments_reach_the_handoff(frame_level))
+
+
+async def _test_amendments_reach_the_handoff(frame_level: bool) -> None:
+    recorder = Recorder()
+    async with running_sim(
+        rate_per_symbol=100,
+        max_events_per_symbol=60,
+        trading="while_subscribed",
+        correction_probability=0.2,
+        cancel_probability=0.1,
+        halt_probability=0.05,
+    ) as sim:
+        supervisor = _supervisor(
+            sim.url("/v2/iex"),
+            recorder,
+            frame_level=frame_level,
+            channels=("trades", "statuses", "lulds"),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(stop))
+        stats: dict[str, Any] = {}
+
+        async def everything_arrived() -> bool:
+            nonlocal stats
+            stats = await fetch_stats(sim)
+            return bool(stats["finished"]) and len(recorder.messages) >= stats["totals"]["messages"]
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await everything_arrived():
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert len(recorder.messages) == stats["totals"]["messages"]
+    types = Counter(msg["T"] for msg in recorder.messages)
+    assert types["t"] == 2 * 60
+    for kind, wire_type in (
+        ("trade_correction", "c"),
+        ("trade_cancel", "x"),
+        ("trading_status", "s"),
+        ("luld", "l"),
+    ):
+        assert types[wire_type] == stats["totals"]["by_kind"][kind] > 0, kind
+    if frame_level:
         assert recorder.frames > 0
 
 

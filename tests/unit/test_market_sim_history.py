@@ -265,3 +265,17 @@ def test_page_tokens_are_opaque_but_stable() -> None:
         "AAPL",
         market.wire("/v2/iex", Kind.TRADE, "AAPL")[3]["t"].ns,
     ]
+
+
+def test_amendments_statuses_and_bands_are_kept_each_in_its_series() -> None:
+    market = Market(3000)
+    snapshot = market.history.snapshot()["kept"]["/v2/iex"]
+    for kind in (Kind.TRADE_CORRECTION, Kind.TRADE_CANCEL, Kind.TRADING_STATUS, Kind.LULD):
+        for symbol in ("AAPL", "MSFT"):
+            wire = market.wire("/v2/iex", kind, symbol)
+            series = market.history.series("/v2/iex", kind, symbol)
+            assert series is not None, (kind, symbol)
+            assert len(series) == len(wire) > 0, (kind, symbol)
+            assert series.bodies[series.start :] == wire
+        assert snapshot[kind.value]["events"] > 0
+    assert market.history.series("/v1beta3/crypto/us", Kind.LULD, "BTC/USD") is None
