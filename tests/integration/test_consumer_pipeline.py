@@ -263,7 +263,7 @@ def test_poison_messages_go_to_the_dlq_with_their_reason(
     future_ns = time.time_ns() + 86_400 * 1_000_000_000
     poison: list[tuple[str, Record]] = [
         ("not_json", (b"AAPL", b"{this is not json", [])),
-        ("unsupported_schema_version", (b"AAPL", variant(schema_version=3), [])),
+        ("unsupported_schema_version", (b"AAPL", variant(schema_version=4), [])),
         # Raw JSON NaN: Python's json module writes it, strict JSON parsers refuse it.
         ("invalid_value", (b"AAPL", variant(price=float("nan")), [("x-case", b"nan")])),
         ("invalid_value", (b"AAPL", variant(price=-1.0), [("x-case", b"negative")])),
