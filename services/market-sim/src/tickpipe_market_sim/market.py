@@ -390,10 +390,15 @@ class SymbolMarket:
         if status_rng.random() < rates.halt:
             resume = self.step + status_rng.randint(*HALT_STEPS)
             events += self._status("H", "Trading Halt", "LUDP", "Volatility Trading Pause", wanted)
-            self._pending.append((resume, Kind.TRADING_STATUS, _status_body(
-                self.symbol, "T", "Trading Resumption", "LUDP", "Volatility Trading Pause",
+            resumption = _status_body(
+                self.symbol,
+                "T",
+                "Trading Resumption",
+                "LUDP",
+                "Volatility Trading Pause",
                 self._profile.tape,
-            )))  # fmt: skip
+            )
+            self._pending.append((resume, Kind.TRADING_STATUS, resumption))
         price = round(trade["p"] * self._scale)
         ref = self._luld_ref
         if ref is None or abs(price - ref) >= ref * LULD_REBAND_MOVE:
