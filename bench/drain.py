@@ -6,6 +6,9 @@ topic, then drains that same topic, in turn, with:
 
 - ``tickpipe``: the real consumer service, ``python -m tickpipe_consumer``, as a process;
 - ``tickpipe_x2``: two such processes in one consumer group (3 partitions each): scale-out;
+- ``baseline``: the same consumer service from another git ref (``--baseline``, default
+  ``main``), exported with ``git archive`` and run from there in the same virtualenv: this
+  tree's consumer and that ref's side by side, on the same ticks, in the same rounds;
 - ``careful``: a careful hand-written consumer (confluent-kafka, ``json.loads``, one
   ``executemany`` of ``INSERT … ON CONFLICT DO NOTHING`` per batch of 5,000, offsets committed
   after the database), as a process;
@@ -24,6 +27,7 @@ PostgreSQL (all its processes) and Kafka during the drain, with the consumer's p
 
     make bench-consumer                       # on the local stack (make stack-up)
     .venv/bin/python bench/drain.py --ticks 300000 --runs 3 --schema-version 2
+    .venv/bin/python bench/drain.py --methods tickpipe,baseline,copy_ceiling --runs 5
 
 Results: a table on stdout and ``bench/results/drain.json``.
 """
@@ -32,14 +36,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -302,6 +310,26 @@ class Setup:
     dsn: str
     cpu: Cpu
     timeout: float
+    baseline_path: str | None = None  # PYTHONPATH of the baseline ref's consumer
+
+
+_BASELINE_SOURCES = ("libs/common/src", "services/consumer/src")
+
+
+def export_ref(ref: str, into: Path) -> str:
+    """``git archive`` of a ref's library and consumer sources; returns their PYTHONPATH."""
+    git = shutil.which("git") or "git"
+    archive = subprocess.run(  # noqa: S603 - our own git and ref
+        [git, "-C", str(REPO), "archive", ref, *_BASELINE_SOURCES],
+        check=True,
+        capture_output=True,
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    tar_path = into / "ref.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    return os.pathsep.join(str(into / path) for path in _BASELINE_SOURCES)
 
 
 def drain_processes(
@@ -375,11 +403,17 @@ def consumer_env(setup: Setup, group: str) -> dict[str, str]:
     }
 
 
-def run_tickpipe(setup: Setup, expected: int, replicas: int) -> Drain:
+def run_tickpipe(setup: Setup, expected: int, replicas: int, baseline: bool = False) -> Drain:
     command = [sys.executable, "-m", "tickpipe_consumer", "run"]
     group = f"bench-tickpipe-{uuid.uuid4().hex[:8]}"
     name = "tickpipe" if replicas == 1 else f"tickpipe_x{replicas}"
     env = consumer_env(setup, group)
+    if baseline:
+        if setup.baseline_path is None:  # pragma: no cover - main() exports it first
+            raise SystemExit("the baseline method needs the baseline ref exported")
+        name = "baseline"
+        # Before the virtualenv's editable installs of this tree on sys.path.
+        env["PYTHONPATH"] = setup.baseline_path
     return drain_processes(setup, name, [command] * replicas, env, expected)
 
 
@@ -569,10 +603,19 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
         print(
             f"{r['method']:<14}{r['ticks']:>8}{r['median_seconds']:>9.2f}"
             f"{r['median_rate_10_90']:>16,.0f}{r['share_of_copy_ceiling']:>8.0%}"
-            f"{r['times_seed_style']:>7.1f}x{r['median_consumer_cpu_s']:>11.2f}"
+            f"{_times(r['times_seed_style']):>8}{r['median_consumer_cpu_s']:>11.2f}"
             f"{r['median_postgres_cpu_s']:>10.2f}{r['median_kafka_cpu_s']:>12.2f}"
-            f"{r['median_peak_rss_mib']:>8.0f}Mi"
+            f"{_mib(r['median_peak_rss_mib']):>10}"
         )
+
+
+def _times(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}x"  # no seed_style run: no ratio
+
+
+def _mib(value: float) -> str:
+    # The COPY ceiling runs inside this process: it has no consumer RSS of its own.
+    return "-" if math.isnan(value) else f"{value:.0f}Mi"
 
 
 def run_rounds(
@@ -589,6 +632,8 @@ def run_rounds(
                 drain = run_tickpipe(setup, len(rows), 1)
             elif method == "tickpipe_x2":
                 drain = run_tickpipe(setup, len(rows), 2)
+            elif method == "baseline":
+                drain = run_tickpipe(setup, len(rows), 1, baseline=True)
             elif method in ("careful", "seed_style"):
                 limit = len(rows) if method == "careful" else seed_ticks
                 drain = run_baseline(setup, method, limit)
@@ -618,8 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default="tickpipe,copy_ceiling,careful,seed_style,tickpipe_x2",
-        help="comma-separated, in the order each round runs them",
+        help="comma-separated, in the order each round runs them; `baseline` is the consumer "
+        "of the --baseline ref",
     )
+    parser.add_argument("--baseline", default="main", help="git ref of the `baseline` method")
     parser.add_argument("--timeout", type=float, default=600.0, help="per drain, seconds")
     parser.add_argument(
         "--run-dir", type=Path, default=Path(os.environ.get("TICKPIPE_RUN_DIR", REPO / ".run"))
@@ -643,12 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     preload(args.bootstrap, topic, ticks, args.schema_version)
     rows = [tick_to_row(t, "bench") for t in ticks]  # for the COPY ceiling, untimed
     name, dsn = create_database(args.dsn)
-    setup = Setup(args.bootstrap, topic, dsn, Cpu(args.run_dir), args.timeout)
-    try:
-        drains = run_rounds(setup, methods, args.runs, rows, min(args.seed_ticks, len(ticks)))
-    finally:
-        drop_database(args.dsn, name)
-        AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])
+    with tempfile.TemporaryDirectory(prefix="tickpipe-bench-drain-") as tmp:
+        baseline_path = export_ref(args.baseline, Path(tmp)) if "baseline" in methods else None
+        setup = Setup(args.bootstrap, topic, dsn, Cpu(args.run_dir), args.timeout, baseline_path)
+        try:
+            drains = run_rounds(setup, methods, args.runs, rows, min(args.seed_ticks, len(ticks)))
+        finally:
+            drop_database(args.dsn, name)
+            AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])
 
     summary = summarise(drains)
     print()
@@ -656,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary,
         f"consumer drain: {len(ticks):,} preloaded ticks (schema v{args.schema_version}), "
         f"{PARTITIONS} partitions, medians of {args.runs} alternating runs, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+        + (f"; baseline = the consumer of {args.baseline}" if "baseline" in methods else ""),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -671,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 "ticks": len(ticks),
                 "schema_version": args.schema_version,
+                "baseline_ref": args.baseline if "baseline" in methods else None,
                 "partitions": PARTITIONS,
                 "runs": args.runs,
                 "results": summary,
