@@ -37,7 +37,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tickpipe_common.schema import Tick, decode_tick, encode_tick
-from tickpipe_common.timestamps import now_ns
+from tickpipe_common.timestamps import now_ns, ns_to_datetime
 from tickpipe_consumer.migrations import apply_migrations
 from tickpipe_consumer.rows import COLUMN_NAMES, Row, tick_to_row
 from tickpipe_consumer.writer import TickWriter
@@ -66,7 +66,10 @@ def make_ticks(count: int) -> list[Tick]:
     ]
 
 
-def batches(rows: Sequence[Row], size: int) -> list[Sequence[Row]]:
+Values = tuple[Any, ...]  # one row as a hand-written script passes it: Python values
+
+
+def batches(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
@@ -85,25 +88,50 @@ _INSERT = sql.SQL("INSERT INTO market_ticks ({}) VALUES ({}) ON CONFLICT DO NOTH
 )
 
 
-def run_executemany(dsn: str, rows: Sequence[Row], batch: int) -> None:
+def run_executemany(dsn: str, rows: Sequence[Values], batch: int) -> None:
     with psycopg.connect(dsn) as conn:
         for chunk in batches(rows, batch):
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(_INSERT, [_adapt(r) for r in chunk])
+                cur.executemany(_INSERT, chunk)
 
 
-def run_row_by_row(dsn: str, rows: Sequence[Row], _batch: int) -> None:
+def run_row_by_row(dsn: str, rows: Sequence[Values], _batch: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for row in rows:
-            conn.execute(_INSERT, _adapt(row))
+            conn.execute(_INSERT, row)
 
 
-_JSONB = frozenset(i for i, name in enumerate(COLUMN_NAMES) if name in ("bids", "asks"))
+def plan_methods(
+    ticks: Sequence[Tick], rows: Sequence[Row]
+) -> dict[str, tuple[Callable[[str, Any, int], None], Sequence[Any]]]:
+    """Each method and what it writes: the consumer its encoded rows, the scripts values."""
+    values = [values_of(t, "bench") for t in ticks]
+    return {
+        "tickpipe": (run_tickpipe, rows),
+        "executemany": (run_executemany, values),
+        "row_by_row": (run_row_by_row, values),
+    }
 
 
-def _adapt(row: Row) -> tuple[Any, ...]:
-    # jsonb columns need a Jsonb wrapper as query parameters (COPY is told their types).
-    return tuple(Jsonb(v) if i in _JSONB and v is not None else v for i, v in enumerate(row))
+def values_of(tick: Tick, producer: str) -> Values:
+    """The row as query parameters, in column order (prepared untimed, like the COPY rows)."""
+    computed: dict[str, Any] = {
+        "tick_id": tick.tick_id,
+        "ts": ns_to_datetime(tick.ts_ns),
+        "received_at": ns_to_datetime(tick.received_ns),
+        "kind": str(tick.kind),
+        "asset_class": str(tick.asset_class),
+        "producer": producer,
+    }
+    values = []
+    for name in COLUMN_NAMES:
+        value = computed[name] if name in computed else getattr(tick, name)
+        if name == "conditions" and value is not None:
+            value = list(value)
+        elif name in ("bids", "asks") and value is not None:
+            value = Jsonb([{"price": lv.price, "size": lv.size} for lv in value])
+        values.append(value)
+    return tuple(values)
 
 
 def truncate(dsn: str) -> None:
@@ -144,17 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_migrations(conn)
         ticks = make_ticks(args.ticks)
         rows = [tick_to_row(t, "bench") for t in ticks]
-        methods: dict[str, Callable[[str, Sequence[Row], int], None]] = {
-            "tickpipe": run_tickpipe,
-            "executemany": run_executemany,
-            "row_by_row": run_row_by_row,
-        }
+        methods = plan_methods(ticks, rows)
         seconds: dict[str, list[float]] = {m: [] for m in [*methods, "tickpipe_replay"]}
         for _ in range(args.runs):
-            for method, run in methods.items():
+            for method, (run, prepared) in methods.items():
                 truncate(dsn)
                 started = time.perf_counter()
-                run(dsn, rows, args.batch)
+                run(dsn, prepared, args.batch)
                 seconds[method].append(time.perf_counter() - started)
                 stored = count_rows(dsn)
                 if stored != len(rows):

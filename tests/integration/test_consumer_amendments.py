@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.unit.copy_rows import decode_copy_row
 from tickpipe_common.schema import Tick, make_tick
 from tickpipe_consumer.migrations import apply_migrations, load_migrations
 from tickpipe_consumer.rows import COLUMN_NAMES, tick_to_row
@@ -192,7 +193,9 @@ def test_a_database_with_ticks_upgrades_to_version_3(
         ).fetchall()
         if name != "ingested_at"
     ]
-    old = tick_to_row(_trade(T0, 1, 10.0, 1.0), None)[: len(old_columns)]
+    # A row as the consumer encodes it, read back as values: those of the old columns.
+    values = decode_copy_row(tick_to_row(_trade(T0, 1, 10.0, 1.0), None).data)
+    old = [values[name] for name in old_columns]
     placeholders = ", ".join(["%s"] * len(old_columns))
     conn.execute(
         f"INSERT INTO market_ticks ({', '.join(old_columns)}) VALUES ({placeholders})",  # noqa: S608 - our own column names

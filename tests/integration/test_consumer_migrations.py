@@ -206,10 +206,13 @@ def test_writer_stores_exact_values_and_skips_duplicates(
 def test_writer_reports_refused_data_separately(migrated: str) -> None:
     writer = TickWriter(migrated)
     try:
-        bad = list(_trade("AAPL", T0, 1.0))
-        bad[COLUMN_NAMES.index("kind")] = "rumour"  # past every check in Python, not the table's
+        good = _trade("AAPL", T0, 1.0)
+        # A kind past every check in Python, not the table's: its field swapped in the bytes.
+        data = good.data.replace(b"\x00\x00\x00\x05trade", b"\x00\x00\x00\x06rumour", 1)
+        assert data != good.data
+        bad = good._replace(data=data)
         with pytest.raises(RowsRejectedError):
-            writer.write([_trade("AAPL", T0, 2.0, trade_id=5), tuple(bad)])
+            writer.write([_trade("AAPL", T0, 2.0, trade_id=5), bad])
         # The connection survives a refused batch and the next one goes through.
         assert writer.write([_trade("AAPL", T0, 2.0, trade_id=5)]).inserted == 1
     finally:

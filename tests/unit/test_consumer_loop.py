@@ -18,7 +18,7 @@ from tickpipe_consumer.batch import next_offsets, prepare
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.loop import ConsumerLoop
 from tickpipe_consumer.metrics import ConsumerMetrics
-from tickpipe_consumer.rows import COLUMN_NAMES, Row
+from tickpipe_consumer.rows import Row
 from tickpipe_consumer.writer import (
     RowsRejectedError,
     TickWriter,
@@ -27,10 +27,9 @@ from tickpipe_consumer.writer import (
     tally,
 )
 
+from .copy_rows import decode_copy_row
+
 TOPIC = "ticks"
-_SYMBOL = COLUMN_NAMES.index("symbol")
-_TS_NS = COLUMN_NAMES.index("ts_ns")
-_KIND = COLUMN_NAMES.index("kind")
 
 
 def _tick(symbol: str, n: int) -> Tick:
@@ -134,14 +133,15 @@ class FakeWriter:
             # The invariant under test: no offset is committed while a batch is not stored.
             assert self.consumer.commits == [], "an offset was committed before its rows"
             raise TransientDatabaseError("OperationalError: connection refused")
-        if self.refuse_symbol and any(r[_SYMBOL] == self.refuse_symbol for r in rows):
+        symbols = [decode_copy_row(row.data)["symbol"] for row in rows]
+        if self.refuse_symbol and self.refuse_symbol in symbols:
             raise RowsRejectedError("CheckViolation[23514]: refused")
         inserted: list[tuple[object, object]] = []
-        for row in rows:
-            key = (str(row[_SYMBOL]), int(cast(int, row[_TS_NS])))
+        for symbol, row in zip(symbols, rows, strict=True):
+            key = (str(symbol), row.ts_ns)
             if key not in self.stored:
                 self.stored[key] = row
-                inserted.append((row[_KIND], key[1]))
+                inserted.append((row.kind, row.ts_ns))
         return WriteResult(tally(inserted), time.time_ns(), 0.001, "fake")
 
     def ping(self) -> None:

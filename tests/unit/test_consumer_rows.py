@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 
 import pytest
 from confluent_kafka import Message
 
+from tests.unit import ticks
 from tickpipe_common.schema import (
     AssetClass,
     RejectReason,
     Tick,
     TickKind,
     TickRejected,
+    decode_tick,
+    decode_tick_fast,
     encode_tick,
 )
 from tickpipe_consumer.batch import prepare
@@ -22,9 +26,14 @@ from tickpipe_consumer.migrations import load_migrations
 from tickpipe_consumer.rows import (
     COLUMN_NAMES,
     COLUMN_TYPES,
+    HEAD_COLUMNS,
+    KIND_COLUMNS,
+    Row,
     producer_from_headers,
     tick_to_row,
 )
+
+from .copy_rows import decode_copy_row
 
 TS = "2024-03-01T14:30:00.123456789Z"
 TS_NS = 1_709_303_400_123_456_789
@@ -49,8 +58,8 @@ def _trade(**overrides: object) -> Tick:
     return Tick.model_validate(fields)
 
 
-def _column(row: tuple[object, ...], name: str) -> object:
-    return row[COLUMN_NAMES.index(name)]
+def _column(row: Row, name: str) -> object:
+    return decode_copy_row(row.data)[name]
 
 
 def test_timestamps_are_exact_ns_and_truncated_us() -> None:
@@ -70,7 +79,8 @@ def test_microsecond_is_truncated_not_rounded() -> None:
 def test_trade_row_fields() -> None:
     tick = _trade()
     row = tick_to_row(tick, "producer-stocks")
-    assert len(row) == len(COLUMN_NAMES) == len(COLUMN_TYPES)
+    assert len(decode_copy_row(row.data)) == len(COLUMN_NAMES) == len(COLUMN_TYPES)
+    assert (row.kind, row.ts_ns) == ("trade", TS_NS)
     assert _column(row, "tick_id") == tick.tick_id
     assert _column(row, "kind") == "trade"
     assert _column(row, "asset_class") == "stock"
@@ -243,3 +253,76 @@ def test_a_nul_escape_in_the_message_is_caught_on_the_fast_path() -> None:
     assert entry.rejected is not None
     assert entry.rejected.reason is RejectReason.INVALID_VALUE
     assert entry.rejected.detail.startswith("exchange")
+
+
+def test_every_kind_fills_exactly_its_columns() -> None:
+    """KIND_COLUMNS is what the encoder follows: no other column of a row is set."""
+    assert set(KIND_COLUMNS) == set(TickKind)
+    common = {*HEAD_COLUMNS, "producer"}
+    for kind, columns in KIND_COLUMNS.items():
+        assert common.isdisjoint(columns), kind
+        assert set(columns) <= set(COLUMN_NAMES), kind
+
+
+def test_text_that_is_not_utf8_is_rejected_not_sent() -> None:
+    # Both decoders refuse a lone surrogate already; a tick built another way is caught here.
+    tick = _trade().model_copy(update={"exchange": "\ud800"})
+    with pytest.raises(TickRejected) as caught:
+        tick_to_row(tick, None)
+    assert caught.value.reason is RejectReason.INVALID_VALUE
+
+
+def test_timestamps_before_2000_and_at_the_ends_of_the_range() -> None:
+    # timestamptz counts microseconds from 2000-01-01: earlier times are negative.
+    row = tick_to_row(_trade(ts=1, received_at=2**63 - 1), None)
+    values = decode_copy_row(row.data)
+    assert values["ts"] == datetime(1970, 1, 1, tzinfo=UTC)
+    assert values["ts_ns"] == 1
+    assert values["received_at"] == datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)
+    row = tick_to_row(_trade(ts="1999-12-31T23:59:59.999999999Z"), None)
+    assert _column(row, "ts") == datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_text_is_utf8_and_the_producer_null_when_absent() -> None:
+    row = tick_to_row(_trade(symbol="ÄPL€", conditions=["Ü", ""]), None)
+    values = decode_copy_row(row.data)
+    assert (values["symbol"], values["conditions"], values["producer"]) == (
+        "ÄPL€",
+        ["Ü", ""],
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        ticks.trade,
+        ticks.quote,
+        ticks.bar,
+        ticks.orderbook,
+        ticks.correction,
+        ticks.trade_cancel,
+        ticks.trading_status,
+        ticks.luld,
+    ],
+)
+def test_every_field_a_tick_carries_is_stored_and_no_other(make: Callable[[], Tick]) -> None:
+    """Each kind (version 3's too), from either decoder: every column after the head is the
+    tick's field of that name, NULL where the tick has none."""
+    tick = make()
+    value = encode_tick(tick)
+    for decoded in (decode_tick(value), decode_tick_fast(value)):
+        stored = decode_copy_row(tick_to_row(decoded, "producer-stocks").data)
+        assert (stored["kind"], stored["ts_ns"], stored["tick_id"]) == (
+            tick.kind,
+            tick.ts_ns,
+            tick.tick_id,
+        )
+        for name in COLUMN_NAMES[len(HEAD_COLUMNS) : -1]:
+            carried = getattr(tick, name)
+            if name in ("bids", "asks") and carried is not None:
+                carried = [{"price": lv.price, "size": lv.size} for lv in carried]
+            elif isinstance(carried, tuple):
+                carried = list(carried)
+            assert stored[name] == carried, (tick.kind, name)
+        assert stored["producer"] == "producer-stocks"

@@ -1,33 +1,54 @@
-"""Tick → the tuple one ``market_ticks`` row is copied from, in the column order of the COPY.
+"""Tick → one ``market_ticks`` row, already encoded as a tuple of PostgreSQL's binary COPY.
+
+The row is bytes, not Python values for psycopg to adapt: the consumer's budget is a few
+microseconds per tick, and building a 32-value tuple, two ``datetime`` objects and then
+letting psycopg dump each value (arrays and jsonb through Python code) cost more than all of
+decoding. Here each column is packed straight from the decoded tick:
+
+- ``ts`` and ``received_at`` (``timestamptz``, microseconds since 2000-01-01 UTC in binary)
+  come from the integer nanoseconds by integer arithmetic, truncated toward the past as
+  before; ``ts_ns`` keeps the exact nanoseconds. No ``datetime`` is made. Every positive
+  ``int8`` of nanoseconds (which the schema guarantees) is a storable ``timestamptz``.
+- Text of the low-cardinality columns (kind, asset class, symbol, feed, exchange codes,
+  conditions, the producer) is encoded once and reused from a bounded cache.
+- Which columns a kind fills is one table, ``KIND_COLUMNS``; the per-kind encoding plans
+  (which columns to pack, and the runs of NULLs between them) are derived from it and from
+  ``COLUMNS`` at import. A new kind adds its row there; a new column adds itself to
+  ``COLUMNS`` and to the kinds that fill it — the plans follow.
 
 This is also the last check before the database: a value PostgreSQL would refuse that the
-schema itself lets through (a NUL character in text, which JSON allows) is rejected here, per
-message, so that one bad tick can never fail the batch it travels in. (Integers wider than
-``bigint`` and timestamps beyond ``timestamptz`` are refused by the schema already.)
+schema itself lets through (a NUL character in text, which JSON allows; text that is not
+valid UTF-8) is rejected here, per message, so that one bad tick can never fail the batch it
+travels in. (Integers wider than ``bigint`` are refused by the schema already.)
 
-Both decoders' results (``Tick`` and ``FastTick``) come in as ``TickFields``; this runs once
-per message on the hot path, so it is straight-line attribute reads, no loops over columns.
+Both decoders' results (``Tick``, ``FastTick`` and ``FastTickV3``) come in as
+``TickFields``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import Final
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
+from typing import Final, NamedTuple
+
+import msgspec
 
 from tickpipe_common.schema import (
     HEADER_PRODUCER,
-    V3_FIELDS,
-    V3_KINDS,
+    FastBookLevel,
     LevelFields,
     RejectReason,
     TickFields,
+    TickKind,
     TickRejected,
 )
-from tickpipe_common.timestamps import ns_to_datetime
 
-# (column, PostgreSQL type for the binary COPY). ``ingested_at`` is missing on purpose: the
-# table's DEFAULT now() fills it at insert time.
+# (column, PostgreSQL type). ``ingested_at`` is missing on purpose: the table's DEFAULT now()
+# fills it at insert time. The first ``len(HEAD_COLUMNS)`` columns are every kind's; the last
+# one is the producer header.
 COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("tick_id", "uuid"),
     ("ts", "timestamptz"),
@@ -60,8 +81,8 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("bids", "jsonb"),
     ("asks", "jsonb"),
     ("reset", "bool"),
-    ("producer", "text"),
-    # schema version 3 (migration 0004): in V3_FIELDS order
+    # schema version 3 (migration 0004), in V3_FIELDS order; the table has them after the
+    # producer, but COPY names its columns, so here they keep the producer last
     ("original_trade_id", "int8"),
     ("original_price", "float8"),
     ("original_size", "float8"),
@@ -78,13 +99,209 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("limit_up_price", "float8"),
     ("limit_down_price", "float8"),
     ("luld_indicator", "text"),
+    ("producer", "text"),
 )
 COLUMN_NAMES: Final = tuple(name for name, _ in COLUMNS)
 COLUMN_TYPES: Final = tuple(pg_type for _, pg_type in COLUMNS)
+HEAD_COLUMNS: Final = (
+    "tick_id",
+    "ts",
+    "ts_ns",
+    "received_at",
+    "kind",
+    "asset_class",
+    "symbol",
+    "feed",
+)
+if COLUMN_NAMES[: len(HEAD_COLUMNS)] != HEAD_COLUMNS or COLUMN_NAMES[-1] != "producer":
+    raise ValueError("COLUMNS must start with HEAD_COLUMNS and end with the producer")
 
-Row = tuple[object, ...]
+_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+# The columns each kind fills besides the head and the producer (every other one is NULL),
+# named as the tick's fields are. The attributes of the same names are read from the tick.
+KIND_COLUMNS: Final[dict[TickKind, tuple[str, ...]]] = {
+    TickKind.TRADE: (
+        "price",
+        "size",
+        "exchange",
+        "trade_id",
+        "conditions",
+        "tape",
+        "taker_side",
+    ),
+    TickKind.QUOTE: (
+        "conditions",
+        "tape",
+        "bid_price",
+        "bid_size",
+        "bid_exchange",
+        "ask_price",
+        "ask_size",
+        "ask_exchange",
+    ),
+    TickKind.BAR: _BAR_COLUMNS,
+    TickKind.UPDATED_BAR: _BAR_COLUMNS,
+    TickKind.DAILY_BAR: _BAR_COLUMNS,
+    TickKind.ORDERBOOK: ("bids", "asks", "reset"),
+    # schema version 3: the fields the producers' normalising gives each of these kinds
+    TickKind.TRADE_CORRECTION: (
+        "exchange",
+        "tape",
+        "original_trade_id",
+        "original_price",
+        "original_size",
+        "original_conditions",
+        "corrected_trade_id",
+        "corrected_price",
+        "corrected_size",
+        "corrected_conditions",
+    ),
+    TickKind.TRADE_CANCEL: ("price", "size", "exchange", "trade_id", "tape", "cancel_action"),
+    TickKind.TRADING_STATUS: (
+        "tape",
+        "status_code",
+        "status_message",
+        "reason_code",
+        "reason_message",
+    ),
+    TickKind.LULD: ("tape", "limit_up_price", "limit_down_price", "luld_indicator"),
+}
+
+
+class Row(NamedTuple):
+    """One tick ready for ``COPY … (FORMAT BINARY)``, and what the writer reports about it."""
+
+    kind: str
+    ts_ns: int
+    data: bytes  # one binary COPY tuple: field count, then each column's length and bytes
+
+
+# Row(...) runs NamedTuple's Python __new__; this is the same tuple, built in C.
+_new_row: Final[Callable[[tuple[str, int, bytes]], Row]] = partial(tuple.__new__, Row)
 
 _MAX_PRODUCER_CHARS = 128
+
+# -- binary COPY encoding ------------------------------------------------------------------
+
+COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER: Final = b"\xff\xff"
+_NULL: Final = b"\xff\xff\xff\xff"
+_PG_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
+_TEXT_OID: Final = 25
+_JSONB_VERSION: Final = b"\x01"
+
+# Field count, tick_id (uuid), ts (timestamptz), ts_ns (int8), received_at (timestamptz).
+_HEAD = struct.Struct(">hi16siqiqiq")
+_F8 = struct.Struct(">id").pack
+_I8 = struct.Struct(">iq").pack
+_I4 = struct.Struct(">i").pack
+_ARRAY_1D = struct.Struct(">iiiiii").pack  # length, ndim 1, no nulls, oid, size, lower bound
+_TRUE: Final = _I4(1) + b"\x01"
+_FALSE: Final = _I4(1) + b"\x00"
+_EMPTY_TEXT_ARRAY: Final = _I4(12) + struct.pack(">iii", 0, 0, _TEXT_OID)
+
+_json = msgspec.json.Encoder()
+
+
+def _text_field(text: str) -> bytes:
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8, so not PostgreSQL text
+        raise TickRejected(
+            RejectReason.INVALID_VALUE, f"text {text[:32]!r} is not valid UTF-8"
+        ) from None
+    return _I4(len(data)) + data
+
+
+class _Encoded(dict[object, bytes]):
+    """Encoded fields by value, computed on a miss (the hit is a plain C-level dict lookup);
+    cleared when full, so hostile input cannot grow it without bound."""
+
+    def __init__(self, encode: Callable[[object], bytes], max_entries: int = 4096) -> None:
+        super().__init__()
+        self._encode = encode
+        self._max = max_entries
+
+    def __missing__(self, key: object) -> bytes:
+        encoded = self._encode(key)
+        if len(self) >= self._max:
+            self.clear()
+        self[key] = encoded
+        return encoded
+
+
+def _text_array(items: Sequence[str]) -> bytes:
+    if not items:
+        return _EMPTY_TEXT_ARRAY
+    elements = b"".join([_text_field(item) for item in items])
+    return _ARRAY_1D(20 + len(elements), 1, 0, _TEXT_OID, len(items), 1) + elements
+
+
+def _levels(levels: Sequence[LevelFields]) -> bytes:
+    # Stored as [{"price": p, "size": s}, ...], the schema's own field names, in the order the
+    # feed sent them; floats written in their shortest round-tripping form (exact).
+    if levels and type(levels[0]) is FastBookLevel:
+        text = _json.encode(levels)  # a Struct encodes as exactly that object
+    else:
+        text = _json.encode([{"price": lv.price, "size": lv.size} for lv in levels])
+    return _I4(len(text) + 1) + _JSONB_VERSION + text
+
+
+_texts = _Encoded(_text_field)  # type: ignore[arg-type]
+_text_arrays = _Encoded(_text_array)  # type: ignore[arg-type]
+# How a value of each PostgreSQL type becomes its field (length + bytes); None is NULL.
+# C-level callables where possible (a partial of a struct packer, a dict lookup): this runs
+# for every column of every tick.
+_ENCODERS: Final[dict[str, Callable[[object], bytes]]] = {
+    "float8": partial(_F8, 8),
+    "int8": partial(_I8, 8),
+    "text": _texts.__getitem__,
+    "text[]": _text_arrays.__getitem__,  # conditions arrive as a tuple: hashable
+    "jsonb": _levels,  # type: ignore[dict-item]
+    "bool": {True: _TRUE, False: _FALSE}.__getitem__,  # type: ignore[dict-item]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one kind's columns after the head are encoded: ``values`` reads them from the
+    tick in one call; each is encoded and followed by the run of NULLs up to the next one."""
+
+    kind: str
+    values: Callable[[TickFields], tuple[object, ...]]
+    steps: tuple[tuple[Callable[[object], bytes], bytes], ...]
+    lead: bytes  # the NULLs between the head and the kind's first column
+
+
+def _plan(kind: TickKind, columns: tuple[str, ...]) -> _Plan:
+    body = COLUMNS[len(HEAD_COLUMNS) : -1]  # between the head and the producer
+    names = [name for name, _ in body]
+    unknown = set(columns) - set(names)
+    if unknown:
+        raise ValueError(f"KIND_COLUMNS[{kind}] names unknown columns {sorted(unknown)}")
+    ordered = tuple(name for name in names if name in columns)
+    positions = [names.index(name) for name in ordered]
+    bounds = [*positions[1:], len(body)]
+    steps = tuple(
+        (_ENCODERS[body[at][1]], _NULL * (end - at - 1))
+        for at, end in zip(positions, bounds, strict=True)
+    )
+    lead = _NULL * (positions[0] if positions else len(body))
+    values = attrgetter(*ordered) if len(ordered) > 1 else _one(ordered)
+    return _Plan(str(kind), values, steps, lead)
+
+
+def _one(names: tuple[str, ...]) -> Callable[[TickFields], tuple[object, ...]]:
+    # attrgetter of one name returns the value, not a 1-tuple; of none, there is nothing.
+    if not names:
+        return lambda _tick: ()
+    getter = attrgetter(names[0])
+    return lambda tick: (getter(tick),)
+
+
+_PLANS: Final = {kind: _plan(kind, columns) for kind, columns in KIND_COLUMNS.items()}
+if set(_PLANS) != set(TickKind):  # pragma: no cover - caught at import, by every test
+    raise ValueError(f"KIND_COLUMNS lacks {sorted(set(TickKind) - set(_PLANS))}")
 
 # Kafka headers as confluent-kafka types them: (name, value) pairs or a mapping. A consumed
 # message carries a list of pairs with bytes (or None) values; str is what a producer may pass.
@@ -131,76 +348,32 @@ def tick_to_row(tick: TickFields, producer: str | None, may_hold_nul: bool = Tru
     """
     if may_hold_nul:
         _refuse_nul(tick)
-    row: Row = (
-        tick.tick_id,
-        _timestamp(tick.ts_ns, "ts"),
-        tick.ts_ns,
-        _timestamp(tick.received_ns, "received_at"),
-        str(tick.kind),  # a StrEnum: str() is its value, and cheaper than .value
-        str(tick.asset_class),
-        tick.symbol,
-        tick.feed,
-        tick.price,
-        tick.size,
-        tick.exchange,
-        tick.trade_id,
-        None if tick.conditions is None else list(tick.conditions),
-        tick.tape,
-        tick.taker_side,
-        tick.bid_price,
-        tick.bid_size,
-        tick.bid_exchange,
-        tick.ask_price,
-        tick.ask_size,
-        tick.ask_exchange,
-        tick.open,
-        tick.high,
-        tick.low,
-        tick.close,
-        tick.volume,
-        tick.vwap,
-        tick.trade_count,
-        _levels(tick.bids),
-        _levels(tick.asks),
-        tick.reset,
-        producer,
-        *(_NO_V3_VALUES if tick.kind not in V3_KINDS else _v3_values(tick)),
-    )
-    return row
-
-
-# The version-3 columns of every other kind: all NULL, one shared tuple.
-_NO_V3_VALUES: Final[tuple[None, ...]] = (None,) * len(V3_FIELDS)
-
-
-def _v3_values(tick: TickFields) -> Row:
-    """The version-3 columns, in ``V3_FIELDS`` order (that of ``COLUMNS``)."""
-    return (
-        tick.original_trade_id,
-        tick.original_price,
-        tick.original_size,
-        None if tick.original_conditions is None else list(tick.original_conditions),
-        tick.corrected_trade_id,
-        tick.corrected_price,
-        tick.corrected_size,
-        None if tick.corrected_conditions is None else list(tick.corrected_conditions),
-        tick.cancel_action,
-        tick.status_code,
-        tick.status_message,
-        tick.reason_code,
-        tick.reason_message,
-        tick.limit_up_price,
-        tick.limit_down_price,
-        tick.luld_indicator,
-    )
-
-
-def _levels(levels: Sequence[LevelFields] | None) -> list[dict[str, float]] | None:
-    # Stored as [{"price": p, "size": s}, ...], the schema's own field names, in the order the
-    # feed sent them. The jsonb dumper writes floats with repr(), which round-trips exactly.
-    if levels is None:
-        return None
-    return [{"price": level.price, "size": level.size} for level in levels]
+    plan = _PLANS[tick.kind]
+    ts_ns = tick.ts_ns
+    text = _texts.__getitem__
+    parts = [
+        _HEAD.pack(
+            len(COLUMNS),
+            16,
+            tick.tick_id.bytes,
+            8,
+            ts_ns // 1000 - _PG_EPOCH_US,
+            8,
+            ts_ns,
+            8,
+            tick.received_ns // 1000 - _PG_EPOCH_US,
+        ),
+        text(plan.kind),
+        text(tick.asset_class),
+        text(tick.symbol),
+        text(tick.feed),
+        plan.lead,
+    ]
+    for value, (encode, nulls) in zip(plan.values(tick), plan.steps, strict=True):
+        parts.append(_NULL if value is None else encode(value))
+        parts.append(nulls)
+    parts.append(_NULL if producer is None else text(producer))
+    return _new_row((plan.kind, ts_ns, b"".join(parts)))
 
 
 def _reject(field: str, problem: str) -> TickRejected:
@@ -233,10 +406,3 @@ def _refuse_nul(tick: TickFields) -> None:
     for field, value in texts:
         if value and "\x00" in value:
             raise _reject(field, "contains a NUL character, which PostgreSQL text cannot store")
-
-
-def _timestamp(epoch_ns: int, field: str) -> datetime:
-    try:
-        return ns_to_datetime(epoch_ns)
-    except (OverflowError, ValueError, OSError) as exc:
-        raise _reject(field, f"{epoch_ns} ns is not a storable time ({exc})") from None

@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -42,7 +41,7 @@ from psycopg import sql
 
 from tickpipe_common.logging import get_logger
 from tickpipe_consumer.db import connect
-from tickpipe_consumer.rows import COLUMN_NAMES, COLUMN_TYPES, Row
+from tickpipe_consumer.rows import COLUMN_NAMES, COPY_SIGNATURE, COPY_TRAILER, Row
 
 log = get_logger(__name__)
 
@@ -50,11 +49,7 @@ STAGING_TABLE = "market_ticks_staging"
 # At most this many inserted rows per batch feed the end-to-end latency histogram.
 LATENCY_SAMPLE = 64
 
-_KIND = COLUMN_NAMES.index("kind")
-_TS_NS = COLUMN_NAMES.index("ts_ns")
 _COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMN_NAMES)
-_KIND_TS = itemgetter(_KIND, _TS_NS)
-_FIRST = itemgetter(0)
 
 # LIKE copies the columns and NOT NULLs but no keys: the staging table accepts in-batch
 # duplicates, which the INSERT then folds. ON COMMIT DELETE ROWS empties it at every commit,
@@ -111,11 +106,17 @@ def tally(inserted: Sequence[tuple[Any, Any]]) -> dict[str, KindTally]:
     """(kind, ts_ns) of each inserted row → per kind: how many, and an evenly spaced sample
     of at most about ``LATENCY_SAMPLE`` exchange times in all."""
     by_kind: dict[str, KindTally] = {}
-    for kind, count in Counter(map(_FIRST, inserted)).items():
+    for kind, count in Counter([kind for kind, _ in inserted]).items():
         by_kind[str(kind)] = KindTally(count)
     for kind, ts_ns in inserted[:: max(1, len(inserted) // LATENCY_SAMPLE)]:
         by_kind[str(kind)].sample_ts_ns.append(int(ts_ns))
     return by_kind
+
+
+def copy_data(rows: Sequence[Row]) -> bytes:
+    """The whole ``COPY … (FORMAT BINARY)`` stream of ``rows``: signature, tuples, trailer.
+    (psycopg passes a block written with ``Copy.write`` through as it is.)"""
+    return b"".join([COPY_SIGNATURE, *[row.data for row in rows], COPY_TRAILER])
 
 
 class TickWriter:
@@ -177,19 +178,15 @@ class TickWriter:
         self, conn: psycopg.Connection[Any], rows: Sequence[Row]
     ) -> dict[str, KindTally]:
         with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_DIRECT) as copy:
-            copy.set_types(list(COLUMN_TYPES))
-            for row in rows:
-                copy.write_row(row)
-        return tally(list(map(_KIND_TS, rows)))
+            copy.write(copy_data(rows))
+        return tally([(row.kind, row.ts_ns) for row in rows])
 
     def _copy_staging(
         self, conn: psycopg.Connection[Any], rows: Sequence[Row]
     ) -> tuple[dict[str, KindTally], bool]:
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(_COPY_STAGING) as copy:
-                copy.set_types(list(COLUMN_TYPES))
-                for row in rows:
-                    copy.write_row(row)
+                copy.write(copy_data(rows))
             cur.execute(_INSERT)
             inserted = cur.fetchall()
         return tally(inserted), len(inserted) == len(rows)
