@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import CollectorRegistry
 
 from tickpipe_common.schema import RejectReason, Tick, TickRejected, encode_tick, kafka_headers
-from tickpipe_consumer.batch import next_offsets, prepare
+from tickpipe_consumer.batch import Batch
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.loop import ConsumerLoop
 from tickpipe_consumer.metrics import ConsumerMetrics
@@ -288,11 +288,12 @@ def test_a_refused_commit_is_retried_not_forgotten() -> None:
     assert consumer.commits == [[(0, 5)]]
 
 
-def test_prepare_and_next_offsets() -> None:
+def test_batch_rows_rejects_and_next_offsets() -> None:
     now = time.time_ns()
-    good = prepare(_message(2, 10), now, 300 * 10**9)
-    assert good.rejected is None
-    assert good.row is not None
+    batch = Batch()
+    batch.add(_message(2, 10), now, 300 * 10**9)
+    assert len(batch.rows) == 1
+    assert batch.sources[0].offset() == 10
     future = Message(
         topic=TOPIC,
         partition=2,
@@ -300,12 +301,18 @@ def test_prepare_and_next_offsets() -> None:
         key=b"AAPL",
         value=encode_tick(_tick("AAPL", 86_400 * 10**9)),
     )
-    bad = prepare(future, now, 300 * 10**9)
-    assert bad.rejected is not None
-    assert bad.rejected.reason is RejectReason.FUTURE_TIMESTAMP
-    other = prepare(_message(0, 3), now, 300 * 10**9)
-    offsets = next_offsets([good, bad, other])
+    batch.add(future, now, 300 * 10**9)
+    ((message, rejected),) = batch.rejected
+    assert message is future
+    assert rejected.reason is RejectReason.FUTURE_TIMESTAMP
+    batch.add(_message(0, 3), now, 300 * 10**9)
+    assert len(batch) == 3
+    offsets = batch.next_offsets()
     assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 4), (2, 12)]
+    # A revoked partition takes its rows, rejects and offset with it.
+    assert batch.drop_partitions({(TOPIC, 2)}) == 2
+    assert (len(batch.rows), batch.rejected, batch.sources[0].partition()) == (1, [], 0)
+    assert [(tp.partition, tp.offset) for tp in batch.next_offsets()] == [(0, 4)]
 
 
 @pytest.mark.parametrize("partitions", [(), (0,)])

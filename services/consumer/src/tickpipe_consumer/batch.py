@@ -1,15 +1,17 @@
-"""Messages → batch entries: each one either a row to store or a reason to dead-letter it.
+"""Messages → a batch: the rows to store, the messages to dead-letter, the offsets to commit.
 
 Validation happens as messages arrive (with the schema's fast decoder, which hands anything
 unusual to the reference decoder for its verdict), so the batch in hand is always split into
-rows and rejects; the offsets a batch may commit are computed from its entries, good and bad alike,
-because a rejected message is done once its DLQ copy is delivered.
+rows and rejects; the offsets a batch may commit are computed from all its messages, good and
+bad alike, because a rejected message is done once its DLQ copy is delivered.
+
+Nothing is made per message beyond its row: the batch keeps parallel lists (each row next to
+the message it came from, for the rare row the database refuses) and, per partition, the
+highest offset seen. This runs for every tick, so it is kept to list appends and one dict
+update.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from confluent_kafka import Message, TopicPartition
 
@@ -19,53 +21,60 @@ from tickpipe_consumer.rows import Row, producer_from_headers, tick_to_row
 PartitionKey = tuple[str, int]
 
 
-@dataclass(slots=True)
-class Entry:
-    """One consumed message and what to do with it (``row`` xor ``rejected``)."""
-
-    message: Message
-    topic: str
-    partition: int
-    offset: int
-    row: Row | None = None
-    rejected: TickRejected | None = None
-
-    @property
-    def key(self) -> PartitionKey:
-        return (self.topic, self.partition)
-
-    def reject(self, rejected: TickRejected) -> None:
-        self.row = None
-        self.rejected = rejected
-
-
-def prepare(message: Message, now_ns: int, max_future_ns: int) -> Entry:
-    """Decode and check one message from the tick topic (not an error event)."""
-    entry = Entry(
-        message=message,
-        topic=message.topic() or "",
-        partition=_int(message.partition()),
-        offset=_int(message.offset()),
-    )
+def prepare_row(message: Message, now_ns: int, max_future_ns: int) -> Row:
+    """Decode and check one message of the tick topic; ``TickRejected`` says why not."""
     key = message.key()
     value = message.value()
-    try:
-        tick = decode_tick_fast(value)
-        check_storable(tick, key, now_ns, max_future_ns)
-        producer = producer_from_headers(message.headers())
-        entry.row = tick_to_row(tick, producer, may_hold_nul=value is None or b"\\u0000" in value)
-    except TickRejected as rejected:
-        entry.rejected = rejected
-    return entry
+    tick = decode_tick_fast(value)
+    check_storable(tick, key, now_ns, max_future_ns)
+    producer = producer_from_headers(message.headers())
+    return tick_to_row(tick, producer, may_hold_nul=value is None or b"\\u0000" in value)
 
 
-def next_offsets(entries: Iterable[Entry]) -> list[TopicPartition]:
-    """Per partition, the offset to commit: one past the highest offset handled."""
-    highest: dict[PartitionKey, int] = {}
-    for entry in entries:
-        if entry.offset > highest.get(entry.key, -1):
-            highest[entry.key] = entry.offset
-    return [TopicPartition(t, p, offset + 1) for (t, p), offset in sorted(highest.items())]
+class Batch:
+    """The messages of one batch: ``rows[i]`` came from ``sources[i]``; ``rejected`` holds
+    the messages for the DLQ with their reason; ``highest`` the last offset per partition."""
+
+    __slots__ = ("highest", "rejected", "rows", "sources")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.sources: list[Message] = []
+        self.rejected: list[tuple[Message, TickRejected]] = []
+        self.highest: dict[PartitionKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+    def add(self, message: Message, now_ns: int, max_future_ns: int) -> None:
+        """One message of the tick topic (not an error event), from an assigned partition."""
+        key = (message.topic() or "", _int(message.partition()))
+        offset = _int(message.offset())
+        if offset > self.highest.get(key, -1):
+            self.highest[key] = offset
+        try:
+            row = prepare_row(message, now_ns, max_future_ns)
+        except TickRejected as rejected:
+            self.rejected.append((message, rejected))
+            return
+        self.rows.append(row)
+        self.sources.append(message)
+
+    def drop_partitions(self, gone: set[PartitionKey]) -> int:
+        """Forget every message of these partitions; returns how many there were."""
+        if not gone.intersection(self.highest):
+            return 0
+        before = len(self)
+        kept = [i for i, m in enumerate(self.sources) if (m.topic(), m.partition()) not in gone]
+        self.rows = [self.rows[i] for i in kept]
+        self.sources = [self.sources[i] for i in kept]
+        self.rejected = [r for r in self.rejected if (r[0].topic(), r[0].partition()) not in gone]
+        self.highest = {k: o for k, o in self.highest.items() if k not in gone}
+        return before - len(self)
+
+    def next_offsets(self) -> list[TopicPartition]:
+        """Per partition, the offset to commit: one past the highest offset handled."""
+        return [TopicPartition(t, p, offset + 1) for (t, p), offset in sorted(self.highest.items())]
 
 
 def _int(value: int | None) -> int:

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.logging import get_logger
 from tickpipe_common.schema import BAR_KINDS, RejectReason, TickRejected
-from tickpipe_consumer.batch import Entry, PartitionKey, next_offsets, prepare
+from tickpipe_consumer.batch import Batch, PartitionKey
 from tickpipe_consumer.dlq import DlqPublisher
 from tickpipe_consumer.metrics import ConsumerMetrics
 from tickpipe_consumer.rows import Row
@@ -91,8 +91,9 @@ class ConsumerLoop:
 
         self._assigned: set[PartitionKey] = set()
         self._joined = False
-        self._held: list[Entry] = []  # the batch in hand
-        self._next: list[Entry] = []  # read while a retry waited; first in the next batch
+        self._held = Batch()  # the batch in hand
+        self._next = Batch()  # read while a write or a retry waited; first in the next batch
+        self._revocations = 0  # partitions revoked or lost so far (see _store)
         self._committed: dict[PartitionKey, int] = {}  # last committed, for the lag gauge
         self._to_commit: dict[PartitionKey, int] = {}  # stored but not committed yet
         self._paused = False
@@ -153,10 +154,8 @@ class ConsumerLoop:
         # among them may reach the DLQ twice, once from each owner: the DLQ is at-least-once.)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
-        dropped = sum(1 for e in self._held if e.key in gone)
-        dropped += sum(1 for e in self._next if e.key in gone)
-        self._held = [e for e in self._held if e.key not in gone]
-        self._next = [e for e in self._next if e.key not in gone]
+        self._revocations += 1
+        dropped = self._held.drop_partitions(gone) + self._next.drop_partitions(gone)
         for topic, partition in gone:
             self._committed.pop((topic, partition), None)
             # Its new owner starts from the last successful commit and skips what is stored.
@@ -217,7 +216,7 @@ class ConsumerLoop:
             self._housekeeping()
         # Messages read while a retry was waiting are in hand too: finish them the same way.
         while self._next and not self._past_deadline():
-            self._held, self._next = self._next, []
+            self._held, self._next = self._next, Batch()
             self._process()
         if self._to_commit:  # a commit refused mid-rebalance: one more try before leaving
             self._commit_stored()
@@ -227,7 +226,7 @@ class ConsumerLoop:
 
     def _collect(self) -> None:
         """Fill ``self._held`` up to the batch limits (or until stop, or an idle slice)."""
-        self._held, self._next = self._next, []
+        self._held, self._next = self._next, Batch()
         first_at = time.monotonic() if self._held else None
         while len(self._held) < self._max_messages and not self._stop.is_set():
             if first_at is None:
@@ -238,48 +237,44 @@ class ConsumerLoop:
                     break
                 timeout = min(left, _POLL_SLICE_SECONDS)
             messages = self._consumer.consume(self._max_messages - len(self._held), timeout)
-            # Re-read self._held after consume(): a revoke inside it replaces the list.
-            self._held.extend(self._receive_all(messages))
+            # Re-read self._held after consume(): a revoke inside it replaces its lists.
+            self._receive_all(messages, self._held)
             if first_at is None:
                 if not self._held:
                     return  # idle: give housekeeping its turn
                 first_at = time.monotonic()
 
-    def _receive_all(self, messages: Sequence[Message]) -> list[Entry]:
+    def _receive_all(self, messages: Sequence[Message], into: Batch) -> None:
         if not messages:
-            return []
+            return
         now_ns = time.time_ns()
-        entries = []
+        before = len(into)
+        assigned, max_future_ns = self._assigned, self._max_future_ns
         for message in messages:
-            entry = self._receive(message, now_ns)
-            if entry is not None:
-                entries.append(entry)
-        self._metrics.messages_consumed.inc(len(entries))
-        return entries
+            if message.error() is not None:
+                self._on_error_event(message)
+            elif (message.topic(), message.partition()) in assigned:
+                into.add(message, now_ns, max_future_ns)
+            # else: fetched just before its partition was revoked; the new owner reads it.
+        self._metrics.messages_consumed.inc(len(into) - before)
 
-    def _receive(self, message: Message, now_ns: int) -> Entry | None:
+    def _on_error_event(self, message: Message) -> None:
         error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return None
-            if error.fatal():
-                raise KafkaException(error)
-            log.warning("kafka_consume_error", error=str(error), code=error.name())
-            return None
-        if (message.topic(), message.partition()) not in self._assigned:
-            # Fetched just before its partition was revoked: the new owner reads it.
-            return None
-        return prepare(message, now_ns, self._max_future_ns)
+        if error is None or error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("kafka_consume_error", error=str(error), code=error.name())
 
     def _process(self) -> None:
         batch = self._held
         if not batch:
             return
-        self._metrics.batch_size.observe(len(batch))
-        for entry in batch:
-            if entry.rejected is not None:
-                self._dlq.publish(entry.message, entry.rejected)
-        if self._store(batch) and self._deliver_dlq():
+        messages = len(batch)
+        self._metrics.batch_size.observe(messages)
+        for message, rejected in batch.rejected:
+            self._dlq.publish(message, rejected)
+        if self._store(batch.rows, batch.sources) and self._deliver_dlq():
             self._commit()
         else:
             log.warning(
@@ -289,25 +284,30 @@ class ConsumerLoop:
                 "stored; its offsets stay uncommitted so it is read again after the restart",
             )
         self._progress["batches"] += 1
-        self._progress["messages"] += len(batch)
-        self._progress["dlq"] += sum(1 for e in batch if e.rejected is not None)
-        self._held = []
+        self._progress["messages"] += messages
+        self._progress["dlq"] += len(self._held.rejected)  # with the rows the database refused
+        self._held = Batch()
         if self._paused:
             self._resume()
 
-    def _store(self, entries: list[Entry]) -> bool:
-        """Write the entries' rows, retrying until it works; False only when giving up at stop."""
+    def _store(self, rows: list[Row], sources: list[Message]) -> bool:
+        """Write the rows (``sources[i]`` is the message of ``rows[i]``), retrying until it
+        works; False only when giving up at stop."""
         backoff = Backoff(self._retry_initial, self._retry_max)
+        revocations = self._revocations
         while True:
-            live = [e for e in entries if e.row is not None and e.key in self._assigned]
-            if not live:
+            if self._revocations != revocations:
+                # A partition went away while this waited: its rows are the new owner's now.
+                rows, sources = self._assigned_only(rows, sources)
+                revocations = self._revocations
+            if not rows:
                 return True
             try:
-                result = self._write_overlapped([e.row for e in live if e.row is not None])
+                result = self._write_overlapped(rows)
             except RowsRejectedError as exc:
                 self._metrics.db_errors.inc()
                 self._set_db(True)
-                return self._isolate(live, str(exc))
+                return self._isolate(rows, sources, str(exc))
             except TransientDatabaseError as exc:
                 self._metrics.db_errors.inc()
                 self._set_db(False, str(exc))
@@ -315,7 +315,7 @@ class ConsumerLoop:
                 log.warning(
                     "database_write_failed",
                     error=str(exc),
-                    rows=len(live),
+                    rows=len(rows),
                     attempt=backoff.attempts,
                     retry_in_seconds=round(delay, 2),
                 )
@@ -327,30 +327,37 @@ class ConsumerLoop:
             if backoff.attempts:
                 log.info("database_write_recovered", attempts=backoff.attempts + 1)
             self._set_db(True)
-            self._record(len(live), result)
+            self._record(len(rows), result)
             return True
 
-    def _isolate(self, live: list[Entry], error: str) -> bool:
+    def _assigned_only(
+        self, rows: list[Row], sources: list[Message]
+    ) -> tuple[list[Row], list[Message]]:
+        assigned = self._assigned
+        kept = [i for i, m in enumerate(sources) if (m.topic(), m.partition()) in assigned]
+        return [rows[i] for i in kept], [sources[i] for i in kept]
+
+    def _isolate(self, rows: list[Row], sources: list[Message], error: str) -> bool:
         # The database refused something in the data. Retrying the same rows cannot help, so
         # halve the batch until the refused row stands alone, store everything else, and
         # dead-letter that row. (rows.py should catch all of these first; this is the net.)
-        if len(live) == 1:
+        if len(rows) == 1:
             rejected = TickRejected(
                 RejectReason.INVALID_VALUE, f"the database refused the row: {error}"
             )
-            entry = live[0]
-            entry.reject(rejected)
-            self._dlq.publish(entry.message, rejected)
+            message = sources[0]
+            self._held.rejected.append((message, rejected))
+            self._dlq.publish(message, rejected)
             log.warning(
                 "row_refused_by_database",
-                partition=entry.partition,
-                offset=entry.offset,
+                partition=message.partition(),
+                offset=message.offset(),
                 error=error,
             )
             return True
-        log.warning("batch_refused_by_database", rows=len(live), error=error)
-        half = len(live) // 2
-        return self._store(live[:half]) and self._store(live[half:])
+        log.warning("batch_refused_by_database", rows=len(rows), error=error)
+        half = len(rows) // 2
+        return self._store(rows[:half], sources[:half]) and self._store(rows[half:], sources[half:])
 
     def _write_overlapped(self, rows: list[Row]) -> WriteResult:
         """The write on the worker thread; meanwhile, read and decode the next batch."""
@@ -369,7 +376,7 @@ class ConsumerLoop:
                     future.exception(timeout=_POLL_SLICE_SECONDS)
                 continue
             messages = self._consumer.consume(room, _PREFETCH_SLICE_SECONDS)
-            self._next.extend(self._receive_all(messages))
+            self._receive_all(messages, self._next)
 
     def _record(self, rows: int, result: WriteResult) -> None:
         inserted = result.inserted
@@ -414,8 +421,10 @@ class ConsumerLoop:
 
     def _commit(self) -> None:
         """Commit the stored batch's offsets, plus any that an earlier commit failed to."""
-        for tp in next_offsets(e for e in self._held if e.key in self._assigned):
+        for tp in self._held.next_offsets():
             key = (tp.topic, tp.partition)
+            if key not in self._assigned:  # revoked meanwhile: the new owner commits it
+                continue
             self._to_commit[key] = max(tp.offset, self._to_commit.get(key, -1))
         self._commit_stored()
 
@@ -497,7 +506,7 @@ class ConsumerLoop:
                 # it, since "lag growing" is how an outage shows on the dashboards.
                 self._update_lag()
             if message is not None:
-                self._next.extend(self._receive_all([message]))
+                self._receive_all([message], self._next)
 
     def _shutdown_deadline(self) -> float:
         if self._deadline is None:
