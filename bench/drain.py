@@ -666,7 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated, in the order each round runs them; `baseline` is the consumer "
         "of the --baseline ref",
     )
-    parser.add_argument("--baseline", default="main", help="git ref of the `baseline` method")
+    parser.add_argument(
+        "--baseline",
+        dest="baseline_ref",  # "baseline" is the dest of the baselines' own subcommands
+        default="main",
+        help="git ref of the `baseline` method",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per drain, seconds")
     parser.add_argument(
         "--run-dir", type=Path, default=Path(os.environ.get("TICKPIPE_RUN_DIR", REPO / ".run"))
@@ -691,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [tick_to_row(t, "bench") for t in ticks]  # for the COPY ceiling, untimed
     name, dsn = create_database(args.dsn)
     with tempfile.TemporaryDirectory(prefix="tickpipe-bench-drain-") as tmp:
-        baseline_path = export_ref(args.baseline, Path(tmp)) if "baseline" in methods else None
+        baseline_path = export_ref(args.baseline_ref, Path(tmp)) if "baseline" in methods else None
         setup = Setup(args.bootstrap, topic, dsn, Cpu(args.run_dir), args.timeout, baseline_path)
         try:
             drains = run_rounds(setup, methods, args.runs, rows, min(args.seed_ticks, len(ticks)))
@@ -706,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"consumer drain: {len(ticks):,} preloaded ticks (schema v{args.schema_version}), "
         f"{PARTITIONS} partitions, medians of {args.runs} alternating runs, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
-        + (f"; baseline = the consumer of {args.baseline}" if "baseline" in methods else ""),
+        + (f"; baseline = the consumer of {args.baseline_ref}" if "baseline" in methods else ""),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -721,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 "ticks": len(ticks),
                 "schema_version": args.schema_version,
-                "baseline_ref": args.baseline if "baseline" in methods else None,
+                "baseline_ref": args.baseline_ref if "baseline" in methods else None,
                 "partitions": PARTITIONS,
                 "runs": args.runs,
                 "results": summary,

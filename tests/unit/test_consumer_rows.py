@@ -24,11 +24,14 @@ from tickpipe_common.schema import (
 from tickpipe_consumer.batch import prepare_row
 from tickpipe_consumer.migrations import load_migrations
 from tickpipe_consumer.rows import (
+    BODY_ENCODERS,
     COLUMN_NAMES,
     COLUMN_TYPES,
     HEAD_COLUMNS,
     KIND_COLUMNS,
+    UNROLLED_IN_USE,
     Row,
+    plan_body,
     producer_from_headers,
     tick_to_row,
 )
@@ -325,3 +328,32 @@ def test_every_field_a_tick_carries_is_stored_and_no_other(make: Callable[[], Ti
                 carried = list(carried)
             assert stored[name] == carried, (tick.kind, name)
         assert stored["producer"] == "producer-stocks"
+
+
+def test_unrolled_encoders_match_the_plans() -> None:
+    """The hand-unrolled quote and trade encoders are in use, and give the plans' bytes."""
+    assert UNROLLED_IN_USE, "COLUMNS changed: update rows._UNROLLED_FOR and the unrolled encoders"
+    quote = {
+        "kind": "quote",
+        "asset_class": "stock",
+        "symbol": "MSFT",
+        "ts": TS,
+        "received_at": TS,
+        "feed": "sip",
+        "bid_price": 410.1,
+        "bid_size": 3,
+        "ask_price": 410.2,
+        "ask_size": 5,
+    }
+    variants = [
+        _trade(),
+        _trade(exchange=None, trade_id=None, conditions=None, tape=None),
+        _trade(conditions=[], taker_side="B"),
+        Tick.model_validate(quote),
+        Tick.model_validate({**quote, "bid_exchange": "Q", "ask_exchange": "N", "tape": "C"}),
+        Tick.model_validate({**quote, "conditions": ["R", "Z"]}),
+    ]
+    for tick in variants:
+        for decoded in (tick, decode_tick_fast(encode_tick(tick))):
+            assert BODY_ENCODERS[tick.kind] is not plan_body
+            assert BODY_ENCODERS[tick.kind](decoded) == plan_body(decoded), tick
