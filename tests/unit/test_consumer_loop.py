@@ -291,7 +291,7 @@ def test_a_refused_commit_is_retried_not_forgotten() -> None:
 def test_batch_rows_rejects_and_next_offsets() -> None:
     now = time.time_ns()
     batch = Batch()
-    batch.add(_message(2, 10), now, 300 * 10**9)
+    batch.add(_message(2, 10), (TOPIC, 2), now, 300 * 10**9)
     assert len(batch.rows) == 1
     assert batch.sources[0].offset() == 10
     future = Message(
@@ -301,11 +301,11 @@ def test_batch_rows_rejects_and_next_offsets() -> None:
         key=b"AAPL",
         value=encode_tick(_tick("AAPL", 86_400 * 10**9)),
     )
-    batch.add(future, now, 300 * 10**9)
+    batch.add(future, (TOPIC, 2), now, 300 * 10**9)
     ((message, rejected),) = batch.rejected
     assert message is future
     assert rejected.reason is RejectReason.FUTURE_TIMESTAMP
-    batch.add(_message(0, 3), now, 300 * 10**9)
+    batch.add(_message(0, 3), (TOPIC, 0), now, 300 * 10**9)
     assert len(batch) == 3
     offsets = batch.next_offsets()
     assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 4), (2, 12)]

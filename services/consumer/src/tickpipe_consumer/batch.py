@@ -46,9 +46,8 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows) + len(self.rejected)
 
-    def add(self, message: Message, now_ns: int, max_future_ns: int) -> None:
-        """One message of the tick topic (not an error event), from an assigned partition."""
-        key = (message.topic() or "", _int(message.partition()))
+    def add(self, message: Message, key: PartitionKey, now_ns: int, max_future_ns: int) -> None:
+        """One message of the tick topic (not an error event) from partition ``key``."""
         offset = _int(message.offset())
         if offset > self.highest.get(key, -1):
             self.highest[key] = offset

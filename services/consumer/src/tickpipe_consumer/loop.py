@@ -253,8 +253,10 @@ class ConsumerLoop:
         for message in messages:
             if message.error() is not None:
                 self._on_error_event(message)
-            elif (message.topic(), message.partition()) in assigned:
-                into.add(message, now_ns, max_future_ns)
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            if key in assigned:
+                into.add(message, key, now_ns, max_future_ns)
             # else: fetched just before its partition was revoked; the new owner reads it.
         self._metrics.messages_consumed.inc(len(into) - before)
 

@@ -324,11 +324,12 @@ def plan_body(tick: TickFields) -> bytes:
 
 # -- the unrolled encoders: the same bytes as plan_body, for one column layout ----------------
 
+# Spelled out, not derived: a change anywhere in COLUMNS must switch the unrolled ones off.
 _UNROLLED_FOR: Final = (
-    *HEAD_COLUMNS,
+    *("tick_id", "ts", "ts_ns", "received_at", "kind", "asset_class", "symbol", "feed"),
     *("price", "size", "exchange", "trade_id", "conditions", "tape", "taker_side"),
     *("bid_price", "bid_size", "bid_exchange", "ask_price", "ask_size", "ask_exchange"),
-    *_BAR_COLUMNS,
+    *("open", "high", "low", "close", "volume", "vwap", "trade_count"),
     *("bids", "asks", "reset"),
     *("original_trade_id", "original_price", "original_size", "original_conditions"),
     *("corrected_trade_id", "corrected_price", "corrected_size", "corrected_conditions"),
