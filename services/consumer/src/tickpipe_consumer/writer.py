@@ -17,6 +17,9 @@ A conflict switches the writer to the staging path until a batch goes through it
 single duplicate; then it tries the optimistic path again. A replay therefore pays one failed
 COPY, not one per batch.
 
+Rows arrive already encoded as binary COPY tuples (``rows.py``), so a batch goes to
+PostgreSQL as one block of bytes (``copy_data``): no per-value adaptation here.
+
 Nothing per row happens after the write on the optimistic path: inserted counts per kind come
 from the rows themselves, and the end-to-end latency is observed on a sample of them
 (``LATENCY_SAMPLE``), not on every row.
