@@ -256,3 +256,36 @@ def test_run_status_prints_one_report_and_checks(monkeypatch: pytest.MonkeyPatch
     args = status._parser(settings).parse_args(["status", "--no-database"])
     assert status.run_status(args, settings, printed.append, lambda _: None) == 0
     assert len(queried) == 1
+
+
+BACKFILLING = """\
+# TYPE tickpipe_producer_gaps_total counter
+tickpipe_producer_gaps_total{reason="reconnect"} 3.0
+tickpipe_producer_gaps_total{reason="restart"} 1.0
+# TYPE tickpipe_producer_gap_seconds histogram
+tickpipe_producer_gap_seconds_bucket{le="+Inf"} 4.0
+tickpipe_producer_gap_seconds_count 4.0
+tickpipe_producer_gap_seconds_sum 12.5
+# TYPE tickpipe_producer_ticks_backfilled_total counter
+tickpipe_producer_ticks_backfilled_total{asset_class="stock",kind="trade"} 900.0
+tickpipe_producer_ticks_backfilled_total{asset_class="stock",kind="bar"} 2.0
+# TYPE tickpipe_producer_backfill_errors_total counter
+tickpipe_producer_backfill_errors_total{reason="rate_limited"} 1.0
+# TYPE tickpipe_producer_backfill_pending gauge
+tickpipe_producer_backfill_pending 1.0
+"""
+
+
+def test_render_shows_the_gaps_and_their_backfill() -> None:
+    now = datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
+    before = [_scrape("producer-stocks", PRODUCER_T0 + BACKFILLING, 10.0)]
+    after = [_scrape("producer-stocks", PRODUCER_T1 + BACKFILLING, 11.0)]
+    text = render(build_report(before, after, None, now=now))
+    assert "(1 passes pending)" in text
+    assert re.search(r"\ngaps seen +0\.0 +4\n", text)
+    assert re.search(r"\ngap seconds +0\.0 +12\n", text)  # 12.5 s, rounded for the table
+    assert re.search(r"\nticks backfilled +0\.0 +902\n", text)
+    assert re.search(r"\nbackfill errors +0\.0 +1\n", text)
+    # A pipeline whose producers export no backfill series shows no such block.
+    plain = render(build_report([_scrape("consumer", CONSUMER, 10.0)], [], None, now=now))
+    assert "BACKFILL" not in plain

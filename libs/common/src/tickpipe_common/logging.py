@@ -106,6 +106,7 @@ REPEATING_LOGGERS = (
     KAFKA_ERRORS_LOGGER,
     "tickpipe_common.producer.sink",
     "tickpipe_common.producer.csv_backup",
+    "tickpipe_common.producer.backfill",
 )
 
 

@@ -62,6 +62,8 @@ CONTENT_TYPE = "application/json"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_SCHEMA_VERSION = "tickpipe-schema-version"
 HEADER_PRODUCER = "tickpipe-producer"
+# "1" on a tick a producer fetched from the historical API to fill a gap in its stream.
+HEADER_BACKFILL = "tickpipe-backfill"
 
 
 class TickKind(StrEnum):

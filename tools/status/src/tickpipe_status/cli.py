@@ -46,6 +46,14 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("database errors", "tickpipe_consumer_db_errors_total"),
 )
 
+# The producers' gaps in the stream and their backfill (rows like STAGES').
+BACKFILL: tuple[tuple[str, str], ...] = (
+    ("gaps seen", "tickpipe_producer_gaps_total"),
+    ("gap seconds", "tickpipe_producer_gap_seconds_sum"),
+    ("ticks backfilled", "tickpipe_producer_ticks_backfilled_total"),
+    ("backfill errors", "tickpipe_producer_backfill_errors_total"),
+)
+
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
@@ -253,6 +261,8 @@ class Report:
     window_seconds: float
     services: list[ServiceState]
     stages: list[StageRow]
+    backfill: list[StageRow]
+    backfill_pending: float | None
     lag_total: float | None
     lag_by_partition: dict[str, float]
     dlq_by_reason: dict[str, float]
@@ -286,13 +296,15 @@ def build_report(
     old_both = _merged(s for s in before if s.name in both)
     new_both = _merged(s for s in after if s.name in both)
 
-    stages = []
-    for title, name in STAGES:
-        rate = None
-        a, b = total(old_both, name), total(new_both, name)
-        if a is not None and b is not None and window > 0 and b >= a:
-            rate = (b - a) / window
-        stages.append(StageRow(title, rate, total(new, name)))
+    def rows(names: Sequence[tuple[str, str]]) -> list[StageRow]:
+        out = []
+        for title, name in names:
+            rate = None
+            a, b = total(old_both, name), total(new_both, name)
+            if a is not None and b is not None and window > 0 and b >= a:
+                rate = (b - a) / window
+            out.append(StageRow(title, rate, total(new, name)))
+        return out
 
     lag = {
         dict(k).get("partition", "?"): v
@@ -312,7 +324,9 @@ def build_report(
         taken_at=now or datetime.now(UTC),
         window_seconds=window,
         services=[ServiceState(s.name, s.url, s.up, s.ready, s.error) for s in after],
-        stages=stages,
+        stages=rows(STAGES),
+        backfill=rows(BACKFILL),
+        backfill_pending=total(new, "tickpipe_producer_backfill_pending"),
         lag_total=sum(lag.values()) if lag else None,
         lag_by_partition=lag,
         dlq_by_reason=dlq,
@@ -374,6 +388,13 @@ def render(report: Report) -> str:
     lines += ["", f"{'STAGE':<22}{'PER SECOND':>12}{'TOTAL':>16}"]
     for row in report.stages:
         lines.append(f"{row.title:<22}{_number(row.per_second):>12}{_number(row.total, 0):>16}")
+
+    if any(row.total is not None for row in report.backfill):
+        pending = report.backfill_pending
+        waiting = "" if pending is None else f"  ({pending:,.0f} passes pending)"
+        lines += ["", f"{'BACKFILL':<22}{'PER SECOND':>12}{'TOTAL':>16}{waiting}"]
+        for row in report.backfill:
+            lines.append(f"{row.title:<22}{_number(row.per_second):>12}{_number(row.total, 0):>16}")
 
     lines.append("")
     if report.lag_total is None:

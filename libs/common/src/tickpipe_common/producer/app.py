@@ -4,8 +4,10 @@
   the hand-off in one call (``frames``, ``handoff``), so the loop does nothing but receive.
 - ``sink``: one thread that normalises, filters, writes the backup and serves Kafka, and
   spills to the backup and re-publishes from it when the Kafka queue is full.
-- here: health, readiness and the orderly stop (stream first, then drain the hand-off, then
-  flush Kafka).
+- ``backfill``: a thread that fetches every gap in the stream (after each reconnect, and at
+  start-up from the newest tick of the backup) from the historical API and hands it to the sink.
+- here: health, readiness and the orderly stop (stream first, then the backfill, then drain
+  the hand-off, then flush Kafka).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 
 from tickpipe_common.backoff import Backoff
 from tickpipe_common.health import HealthServer
 from tickpipe_common.kafka_config import masked, producer_config
 from tickpipe_common.logging import get_logger
-from tickpipe_common.producer.csv_backup import CsvBackupWriter
+from tickpipe_common.producer.backfill import Backfiller, GapWatch
+from tickpipe_common.producer.csv_backup import CsvBackupWriter, newest_ticks
 from tickpipe_common.producer.handoff import HandOff
+from tickpipe_common.producer.historical import HistoricalSource
 from tickpipe_common.producer.metrics import ProducerMetrics
 from tickpipe_common.producer.price_filter import PriceChangeFilter
 from tickpipe_common.producer.publisher import KafkaPublisher
@@ -32,6 +37,7 @@ log = get_logger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 10.0
 DRAIN_ON_STOP_SECONDS = 30.0
+BACKFILL_STOP_SECONDS = 2.0
 
 
 class Readiness:
@@ -70,6 +76,7 @@ class Readiness:
             "backup_ok": backup_ok,
             "spilling": self._sink.spill is not None,
             "handoff_messages": self._handoff.depth,
+            "backfill_queued": self._sink.backfill_queued,
             **kafka,
         }
 
@@ -80,6 +87,72 @@ async def _refresh_gauges(readiness: Readiness, stop: asyncio.Event) -> None:
         readiness()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+
+def _backfill(
+    settings: ProducerSettings,
+    asset_class: str,
+    sink: TickSink,
+    handoff: HandOff,
+    metrics: ProducerMetrics,
+    tail: tuple[int, set[str]] | None,
+    stopping: threading.Event,
+) -> tuple[Backfiller, GapWatch | None]:
+    """The backfill thread and the gap watch that feeds it (None when backfill is off)."""
+    wildcard = "*" in settings.symbols
+
+    def symbols_to_backfill() -> list[str]:
+        if not wildcard:
+            return list(settings.symbols)
+        # "*" cannot be enumerated: the symbols seen since start and in the backup's tail.
+        seen = {s.decode() for s in sink.symbols_seen or ()}
+        return sorted(seen | (tail[1] if tail else set()))
+
+    def count_error(reason: str) -> None:
+        metrics.backfill_errors.labels(reason).inc()
+
+    backfiller = Backfiller(
+        HistoricalSource(asset_class, settings, stopping, on_error=count_error),
+        sink,
+        settings,
+        metrics,
+        settings.backup_dir / asset_class / "backfill.json",
+        symbols_to_backfill,
+        stopping,
+    )
+    if not settings.backfill_enabled or settings.feed == "test":
+        why = "BACKFILL_ENABLED=false" if not settings.backfill_enabled else "no test-feed history"
+        log.info("backfill_off", reason=why)
+        return backfiller, None
+    return backfiller, GapWatch(handoff, backfiller, metrics, tail[0] if tail else None)
+
+
+async def _shut_down(
+    backfiller: Backfiller,
+    handoff: HandOff,
+    sink: TickSink,
+    publisher: KafkaPublisher,
+    backup: CsvBackupWriter,
+    health: HealthServer,
+) -> None:
+    """The orderly stop after the stream: backfill, hand-off, sink, Kafka, backup."""
+    await asyncio.to_thread(backfiller.join, BACKFILL_STOP_SECONDS)
+    handoff.close()
+    drained = await asyncio.to_thread(sink.join, DRAIN_ON_STOP_SECONDS)
+    undelivered = await asyncio.to_thread(publisher.flush, FLUSH_ON_STOP_SECONDS)
+    sink.stopped(undelivered)
+    backup.close()
+    health.stop()
+    log.info(
+        "producer_stopped",
+        delivered=publisher.delivered,
+        failed=publisher.failed,
+        undelivered=undelivered,
+        drained=drained,
+        backfill_pending=backfiller.pending,
+        still_spilled=sink.spill is not None,
+        backup_rows=backup.rows_written,
+    )
 
 
 async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
@@ -104,6 +177,9 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         topic=settings.kafka_topic,
     )
     asset_class = spec.asset_class.value
+    # Before the sink and the housekeeping touch the backup: where the last run stopped.
+    backfill = settings.backfill_enabled and settings.feed != "test"
+    tail = newest_ticks(settings.backup_dir, spec.asset_class) if backfill else None
     publisher = KafkaPublisher(kafka_conf, settings.kafka_topic, spec.service, asset_class, metrics)
     backup = CsvBackupWriter(
         settings.backup_dir,
@@ -120,9 +196,13 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         backup,
         publisher,
         metrics,
+        track_symbols="*" in settings.symbols,
     )
     backup.housekeeping()  # after the sink: a resumed spill's files must stay uncompressed
     connects = 0
+    stopping = threading.Event()
+
+    backfiller, gaps = _backfill(settings, asset_class, sink, handoff, metrics, tail, stopping)
 
     def on_connect() -> None:
         nonlocal connects
@@ -131,6 +211,8 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         if connects > 1:
             metrics.ws_reconnects.inc()
         log.info("stream_connected", url=url, connects=connects)
+        if gaps is not None:
+            gaps.on_connect(first=connects == 1)
 
     supervisor = StreamSupervisor(
         make_stream=lambda: spec.make_stream(settings, url),
@@ -140,6 +222,10 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
         on_frame=handoff.receive_frame,
         on_connect=on_connect,
         backoff=Backoff(settings.reconnect_initial_seconds, settings.reconnect_max_seconds),
+        limit_backoff=Backoff(
+            settings.reconnect_limit_seconds, settings.reconnect_limit_max_seconds
+        ),
+        on_limited=metrics.ws_connection_limited.inc,
     )
     readiness = Readiness(
         supervisor, handoff, sink, publisher, settings.stale_after_seconds, metrics
@@ -156,23 +242,13 @@ async def run_producer(spec: ProducerSpec, settings: ProducerSettings) -> None:
     # Not fatal: with Kafka down we still stream into the backup and report not-ready.
     await asyncio.to_thread(publisher.check_connection, 10.0)
     sink.start()
+    if backfill:
+        backfiller.start()
     gauges = asyncio.create_task(_refresh_gauges(readiness, stop))
     try:
         await supervisor.run(stop)
     finally:
         stop.set()
         await gauges
-        handoff.close()
-        drained = await asyncio.to_thread(sink.join, DRAIN_ON_STOP_SECONDS)
-        undelivered = await asyncio.to_thread(publisher.flush, FLUSH_ON_STOP_SECONDS)
-        backup.close()
-        health.stop()
-        log.info(
-            "producer_stopped",
-            delivered=publisher.delivered,
-            failed=publisher.failed,
-            undelivered=undelivered,
-            drained=drained,
-            still_spilled=sink.spill is not None,
-            backup_rows=backup.rows_written,
-        )
+        stopping.set()
+        await _shut_down(backfiller, handoff, sink, publisher, backup, health)

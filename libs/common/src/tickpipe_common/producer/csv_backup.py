@@ -26,6 +26,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -263,3 +264,54 @@ def read_backup(
     """``read_rows`` as validated ticks (for people and tests; ``replay`` uses the rows)."""
     for row in read_rows(backup_dir, asset_class, since_ns, until_ns, symbols):
         yield Tick.model_validate(document_from_cells(row))
+
+
+# How much of the newest backup file ``newest_ticks`` reads (its end): enough rows to find the
+# newest exchange time among backfilled ticks interleaved with live ones.
+TAIL_BYTES = 1 << 20
+
+
+def newest_ticks(backup_dir: Path, asset_class: AssetClass) -> tuple[int, set[str]] | None:
+    """The newest exchange time in the tail of the newest backup file, and the symbols there;
+    None for an empty backup. What a restarted producer backfills from (``backfill``)."""
+    folder = backup_dir / asset_class.value
+    files = sorted(folder.glob("*.csv*"), key=lambda p: (_day_of(p), p.suffix == ".csv"))
+    symbol_at, ts_at = COLUMNS.index("symbol"), COLUMNS.index("ts")
+    for path in reversed(files):
+        if path.suffix not in (".csv", ".gz"):
+            continue
+        newest, symbols = 0, set()
+        for row in csv.reader(_tail_lines(path)):
+            if len(row) != len(COLUMNS) or row[ts_at] == "ts":
+                continue
+            try:
+                newest = max(newest, parse_rfc3339_ns(row[ts_at]))
+            except ValueError:
+                continue
+            symbols.add(row[symbol_at])
+        if newest:
+            return newest, symbols
+    return None
+
+
+def _tail_lines(path: Path) -> list[str]:
+    """The whole lines of the file's last ``TAIL_BYTES`` (a gzipped day is read through)."""
+    if path.suffix == ".gz":
+        with _open_text(path) as handle:
+            tail: deque[str] = deque()
+            size = 0
+            for line in handle:
+                tail.append(line)
+                size += len(line)
+                while size > TAIL_BYTES and len(tail) > 1:
+                    size -= len(tail.popleft())
+            return list(tail)
+    with path.open("rb") as raw:
+        end = raw.seek(0, os.SEEK_END)
+        start = max(0, end - TAIL_BYTES)
+        raw.seek(start)
+        data = raw.read()
+    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+    if start > 0 and lines:
+        lines = lines[1:]  # began mid-row
+    return [line for line in lines if line.endswith("\n")]

@@ -10,6 +10,12 @@ The hand-off is bounded in messages (``HANDOFF_MAX_MESSAGES``). Should the sink 
 far behind, the hand-over waits for room: the loop stops reading, TCP pushes back on the sender
 and the wait is counted (``tickpipe_producer_handoff_waits_total``), rather than holding an
 unbounded backlog in memory or dropping ticks in silence.
+
+Each hand-over also keeps the stream's *watermark* (``newest_ns``): the exchange time of the
+batch's last message, if newer. One look per batch, not per tick: messages come about in time
+order (a bar, stamped with its minute's start, never moves it back), and the backfill widens
+its windows by a margin anyway (``backfill``). ``after_next_batch`` asks for one call with the
+newest exchange time of the next batch: the first live time after a reconnect.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tickpipe_common.timestamps import now_ns
+from tickpipe_common.timestamps import now_ns, parse_rfc3339_ns
 
 RawMessage = Mapping[str, Any]
 # (receive time in epoch ns, the messages of one or more frames)
@@ -47,6 +53,12 @@ class HandOff:
         self._current: list[RawMessage] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_message_at = time.monotonic()
+        self.newest_ns = 0  # the watermark: the newest exchange time handed over
+        self._on_next_batch: Callable[[int], None] | None = None
+
+    def after_next_batch(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(newest exchange time of the batch)`` once, for the next batch."""
+        self._on_next_batch = callback
 
     # --- the event-loop side ----------------------------------------------------------------
 
@@ -76,6 +88,14 @@ class HandOff:
     def _ship(self) -> None:
         batch, self._current = self._current, []
         self.last_message_at = time.monotonic()
+        if batch:
+            newest = batch[-1].get("t")
+            if newest.__class__ is not int:
+                newest = exchange_ns(newest)
+            self.newest_ns = max(self.newest_ns, newest)
+            if self._on_next_batch is not None:
+                callback, self._on_next_batch = self._on_next_batch, None
+                callback(max(exchange_ns(msg.get("t")) for msg in batch))
         self.put((self._clock(), batch))
 
     def seconds_since_last_message(self) -> float:
@@ -119,3 +139,19 @@ class HandOff:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def exchange_ns(value: Any) -> int:
+    """A message's ``t`` as epoch nanoseconds: an int (frame-level receive), a
+    ``msgpack.Timestamp`` (alpaca-py's per-message path) or RFC 3339 text; 0 if none of them."""
+    if value.__class__ is int:
+        return int(value)
+    to_unix_nano = getattr(value, "to_unix_nano", None)
+    if to_unix_nano is not None:
+        return int(to_unix_nano())
+    if isinstance(value, str):
+        try:
+            return parse_rfc3339_ns(value)
+        except ValueError:
+            return 0
+    return 0

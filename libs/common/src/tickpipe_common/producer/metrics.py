@@ -14,6 +14,8 @@ from tickpipe_common.service_metrics import ReadyGauge, register_service_info
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+_GAP_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 14_400, 86_400)
+
 OTHER_SYMBOLS = "other"
 
 
@@ -156,6 +158,58 @@ class ProducerMetrics:
             "tickpipe_producer_handoff_waits_total",
             "Times the WebSocket loop waited because the hand-off to the sink was full "
             "(HANDOFF_MAX_MESSAGES): the sink is not keeping up.",
+            registry=registry,
+        )
+        self.ws_connection_limited = Counter(
+            "tickpipe_producer_ws_connection_limit_total",
+            'Connects refused with 406 "connection limit exceeded" (another client on the key, '
+            "or a dropped connection's slot not yet freed); retried after RECONNECT_LIMIT_SECONDS.",
+            registry=registry,
+        )
+        self.gaps = Counter(
+            "tickpipe_producer_gaps_total",
+            "Gaps in the stream to backfill: after a reconnect, or at start-up from the newest "
+            "tick of the backup (reason).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in ("reconnect", "restart"):
+            self.gaps.labels(reason)
+        self.gap_seconds = Histogram(
+            "tickpipe_producer_gap_seconds",
+            "Length of each gap: from the newest exchange time seen before it to the first "
+            "after it (before the BACKFILL_MARGIN_SECONDS widening).",
+            buckets=_GAP_BUCKETS,
+            registry=registry,
+        )
+        self.backfilled = Counter(
+            "tickpipe_producer_ticks_backfilled_total",
+            "Ticks fetched from the historical API for a gap and handed to the pipeline "
+            "(published with the tickpipe-backfill header; overlap with the stream included).",
+            kind_labels,
+            registry=registry,
+        )
+        self.backfill_errors = Counter(
+            "tickpipe_producer_backfill_errors_total",
+            "Historical API requests that failed (rate_limited: 429; request_failed: any other "
+            "error; both retried with backoff) and gaps given up after the retries (gave_up).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in ("rate_limited", "request_failed", "gave_up"):
+            self.backfill_errors.labels(reason)
+        self.backfill_passes = Counter(
+            "tickpipe_producer_backfill_passes_total",
+            "Backfill passes finished, by outcome (done, failed); a SIP gap has two passes.",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in ("done", "failed"):
+            self.backfill_passes.labels(outcome)
+        self.backfill_pending = Gauge(
+            "tickpipe_producer_backfill_pending",
+            "Backfill passes waiting or running (a gap waits for the first live tick after it; "
+            "a SIP gap's second pass for BACKFILL_SIP_DELAY_SECONDS).",
             registry=registry,
         )
         ready_help = "1 when the stream is live and Kafka takes ticks, else 0."

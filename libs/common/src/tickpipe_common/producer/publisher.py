@@ -5,6 +5,17 @@ tick on the Python side: every message of a kind shares one delivery callback ob
 after a client replacement the purged messages are re-queued from the delivery report's own
 key, value and headers. The client's queue is bounded in bytes (``KAFKA_QUEUE_MAX_MIB``):
 ``produce`` answers False when it is full and the caller keeps the tick in the backup.
+
+Delivery epochs (``rotate_epoch``): what was produced is counted per epoch, each epoch with
+callback objects of its own, so the sink can learn, without anything per tick, up to where in
+the backup every tick has been acknowledged. An epoch begins at a mark (a backup position) and
+is complete when each of its messages was acknowledged or finally failed. Two epochs at most:
+the sink rotates about once a second, and only when the previous epoch is complete; everything
+produced before the current epoch's mark is then acknowledged — the delivery watermark a
+restart re-publishes from (``sink``), since librdkafka's queue dies with a SIGKILL.
+
+Backfilled ticks (``produce_many(..., backfilled=True)``) have callbacks of their own, whose
+headers add ``tickpipe-backfill: 1``.
 """
 
 from __future__ import annotations
@@ -19,7 +30,12 @@ from tickpipe_common.backoff import Backoff
 from tickpipe_common.kafka_produce import produce_with_room
 from tickpipe_common.logging import KAFKA_ERRORS_LOGGER, get_logger
 from tickpipe_common.producer.metrics import ProducerMetrics
-from tickpipe_common.schema import SCHEMA_VERSION_AMENDMENTS, V3_KINDS, kafka_headers
+from tickpipe_common.schema import (
+    HEADER_BACKFILL,
+    SCHEMA_VERSION_AMENDMENTS,
+    V3_KINDS,
+    kafka_headers,
+)
 
 log = get_logger(__name__)
 kafka_errors = get_logger(KAFKA_ERRORS_LOGGER)  # rate-limited: the client repeats its errors
@@ -56,16 +72,19 @@ class _Delivery:
     (``_collect_acks``), not per tick (a Prometheus increment takes a lock).
     """
 
-    __slots__ = ("_counter", "_latency", "_publisher", "acked", "collected", "headers")
+    __slots__ = ("_counter", "_latency", "_publisher", "acked", "collected", "failed", "headers")
 
-    def __init__(self, publisher: KafkaPublisher, kind: str) -> None:
+    def __init__(self, publisher: KafkaPublisher, kind: str, backfilled: bool = False) -> None:
         self._publisher = publisher
         # The headers of this kind's messages: their schema version is the kind's.
         self.headers = publisher.headers_for(kind)
+        if backfilled:
+            self.headers = [*self.headers, (HEADER_BACKFILL, b"1")]
         self._counter = publisher.metrics.published.labels(kind, publisher.asset_class)
         self._latency = publisher.metrics.delivery_latency
         self.acked = 0
         self.collected = 0
+        self.failed = 0  # given up for good (not re-queued)
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -85,6 +104,25 @@ class _Delivery:
             self.collected = self.acked
             self._counter.inc(new)
         return new
+
+
+class _Epoch:
+    """Messages produced since ``mark``, with the callbacks that count their outcomes."""
+
+    __slots__ = ("backfill_callbacks", "callbacks", "mark", "produced")
+
+    def __init__(self, mark: object) -> None:
+        self.mark = mark
+        self.callbacks: dict[str, _Delivery] = {}  # by kind
+        self.backfill_callbacks: dict[str, _Delivery] = {}
+        self.produced = 0
+
+    def all_callbacks(self) -> list[_Delivery]:
+        return [*self.callbacks.values(), *self.backfill_callbacks.values()]
+
+    def complete(self) -> bool:
+        done = sum(cb.acked + cb.failed for cb in self.all_callbacks())
+        return done >= self.produced
 
 
 class KafkaPublisher:
@@ -109,7 +147,9 @@ class KafkaPublisher:
         self.metrics = metrics
         self._factory = producer_factory
         self._producer = producer_factory(self._conf)
-        self._callbacks: dict[str, _Delivery] = {}
+        self._epoch = _Epoch(None)
+        self._previous: _Epoch | None = None
+        self._callbacks = self._epoch.callbacks
         self._attempts: int | None = None if wait_for_room else 2
         self._wait_seconds = 0.5 if wait_for_room else 0.0
         self._fatal: KafkaError | None = None
@@ -130,8 +170,10 @@ class KafkaPublisher:
     def _collect_acks(self) -> None:
         """Fold the callbacks' acknowledgement counts in (on the thread that polls)."""
         new = 0
-        for callback in self._callbacks.values():
-            new += callback.collect()
+        for epoch in (self._epoch, self._previous):
+            if epoch is not None:
+                for callback in epoch.all_callbacks():
+                    new += callback.collect()
         if new:
             self.delivered += new
             self.last_ack = time.monotonic()
@@ -149,17 +191,28 @@ class KafkaPublisher:
                 self._topic, value, key, headers=callback.headers, on_delivery=callback
             )
         except (BufferError, KafkaException):
-            return self._produce(key, value, callback.headers, callback)
+            if not self._produce(key, value, callback.headers, callback):
+                return False
+        self._epoch.produced += 1
         return True
 
-    def produce_many(self, messages: list[tuple[bytes, bytes, str]]) -> int:
+    def produce_many(
+        self, messages: list[tuple[bytes, bytes, str]], *, backfilled: bool = False
+    ) -> int:
         """``produce`` each (key, value, kind) in order; how many were queued before the first
-        that did not fit (``len(messages)``: all of them). The sink's per-tick loop."""
-        producer, topic, callbacks = self._producer, self._topic, self._callbacks
+        that did not fit (``len(messages)``: all of them). The sink's per-tick loop.
+        ``backfilled``: the messages carry the backfill header (``HEADER_BACKFILL``)."""
+        taken = self._produce_many(messages, backfilled)
+        self._epoch.produced += taken
+        return taken
+
+    def _produce_many(self, messages: list[tuple[bytes, bytes, str]], backfilled: bool) -> int:
+        producer, topic = self._producer, self._topic
+        callbacks = self._epoch.backfill_callbacks if backfilled else self._callbacks
         for i, (key, value, kind) in enumerate(messages):
             callback = callbacks.get(kind)
             if callback is None:
-                callback = callbacks[kind] = _Delivery(self, kind)
+                callback = callbacks[kind] = _Delivery(self, kind, backfilled)
             try:
                 producer.produce(topic, value, key, headers=callback.headers, on_delivery=callback)
             except (BufferError, KafkaException):
@@ -201,13 +254,14 @@ class KafkaPublisher:
             self.requeued += 1
             if self._produce(msg.key(), msg.value(), msg.headers(), callback):
                 return
-            err_name = "queue_full"  # still in the backup, for `replay`
+            err_name = "queue_full"  # still in the backup, re-published after a restart
         else:
             err_name = err.name()
             self._note_denied(err)
             if err.fatal():
                 self._fatal = err
         self.failed += 1
+        callback.failed += 1
         self.metrics.publish_errors.labels(err_name).inc()
 
     def poll(self, timeout: float = 0.0) -> None:
@@ -268,6 +322,18 @@ class KafkaPublisher:
         self._producer = self._factory(self._conf)
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
+
+    def rotate_epoch(self, mark: object) -> object | None:
+        """Begin a new delivery epoch at ``mark`` if the previous one is complete; returns the
+        mark up to which everything produced is now acknowledged (the ending epoch's start),
+        or None when nothing changed (the previous epoch still waits for acknowledgements)."""
+        if self._previous is not None:
+            self._collect_acks()
+            if not self._previous.complete():
+                return None
+        self._previous, self._epoch = self._epoch, _Epoch(mark)
+        self._callbacks = self._epoch.callbacks
+        return self._previous.mark
 
     def pending(self) -> int:
         return len(self._producer)

@@ -19,6 +19,19 @@ after an outage, and memory stays bounded by the queue however long Kafka is awa
 A failing backup (disk full) never stops publishing: the rows are counted as backup errors,
 the state is reported (``tickpipe_producer_backup_ok`` and ``/readyz``), and each batch tries
 again, so the producer recovers by itself when space returns.
+
+Backfilled ticks (``backfill``) take the same path: pages from the historical API wait in a
+small bounded queue of their own (the backfill thread waits when it is full) and are handled
+between live rounds, a budget per round, with a price filter of their own (their order is not
+the stream's) and the ``tickpipe-backfill`` Kafka header.
+
+A restart loses nothing that was in librdkafka's queue: about once a second the sink rotates
+the publisher's delivery epochs (``publisher``) and keeps the resulting *delivery watermark*,
+the backup position before which Kafka acknowledged every tick, in
+``<backup>/<asset_class>/delivered.json``. At start-up, whatever the backup holds after that
+position is re-published by the spill machinery before live ticks go out again (a few seconds'
+worth after a SIGKILL; nothing after a clean stop, which moves the watermark to the end).
+Copies of acknowledged ticks are harmless: the consumer stores each tick once.
 """
 
 from __future__ import annotations
@@ -27,6 +40,9 @@ import csv
 import io
 import json
 import threading
+import time
+from collections import deque
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +68,13 @@ log = get_logger(__name__)
 
 # At most this many backup rows re-published per round, so live batches are not starved.
 REPUBLISH_PER_ROUND = 20_000
+# Backfilled messages: at most this many handled per round, and queued for the sink.
+BACKFILL_PER_ROUND = 20_000
+BACKFILL_QUEUE_MESSAGES = 50_000
+# How often the delivery watermark moves on (the publisher's epochs rotate).
+CHECKPOINT_SECONDS = 1.0
 _SYMBOL_AT, _KIND_AT = COLUMNS.index("symbol"), COLUMNS.index("kind")
+_KEY = itemgetter(0)
 
 
 class Spill:
@@ -75,7 +97,11 @@ class TickSink:
         publisher: KafkaPublisher,
         metrics: ProducerMetrics,
         idle_poll_seconds: float = 0.05,
+        *,
+        track_symbols: bool = False,
     ) -> None:
+        """``track_symbols``: remember every symbol published (``symbols_seen``), for a
+        ``*`` subscription whose symbols the backfill cannot otherwise know."""
         self._handoff = handoff
         self._asset_class = asset_class
         self._feed = feed
@@ -84,12 +110,21 @@ class TickSink:
         self._publisher = publisher
         self._metrics = metrics
         self._idle = idle_poll_seconds
-        self._received = {
-            kind: metrics.received.labels(kind, asset_class) for kind in KIND_BY_TYPE.values()
-        }
+        kinds = tuple(KIND_BY_TYPE.values())
+        self._received = {kind: metrics.received.labels(kind, asset_class) for kind in kinds}
+        self._backfilled = {kind: metrics.backfilled.labels(kind, asset_class) for kind in kinds}
+        self._backfill_filter = PriceChangeFilter(every_tick=price_filter.every_tick)
+        self._backfill_queue: deque[Batch] = deque()
+        self._backfill_queued = 0
+        self._backfill_room = threading.Condition()
+        self.symbols_seen: set[bytes] | None = set() if track_symbols else None
         self.spill: Spill | None = None
         self._spill_state = backup.folder / "spill.json"
+        self._delivered_state = backup.folder / "delivered.json"
         self._resume_spill()
+        self._resume_delivered()
+        self._next_checkpoint = 0.0
+        self._delivered: tuple[str, int] | None = None
         self.backup_ok = True
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
@@ -120,27 +155,136 @@ class TickSink:
                 if batches:
                     self.handle(batches)
                 self.service()
+            while self._backfill_queue:  # pages handed over before the backfill thread stopped
+                self._handle_backfill()
         except BaseException as exc:  # pragma: no cover - reported by /healthz and logs
             self.failure = exc
             log.exception("sink_failed", error=str(exc))
             raise
 
     def service(self) -> None:
-        """Between batches: Kafka callbacks, re-publishing a spill, gauges."""
+        """Between batches: Kafka callbacks, re-publishing a spill, backfilled ticks, the
+        delivery watermark, gauges."""
         self._publisher.poll(0)
         if self.spill is not None:
             self.republish()
+        if self._backfill_queue:
+            self._handle_backfill()
+        if time.monotonic() >= self._next_checkpoint:
+            self._checkpoint()
         self._metrics.handoff_depth.set(self._handoff.depth)
+
+    # --- backfilled ticks ---------------------------------------------------------------------
+
+    def submit_backfill(self, messages: list[Any], stop: threading.Event) -> bool:
+        """From the backfill thread: queue a page of messages (REST items shaped as stream
+        messages); waits while the queue is full. False if stopping (nothing was queued)."""
+        with self._backfill_room:
+            while (
+                self._backfill_queued >= BACKFILL_QUEUE_MESSAGES
+                and not stop.is_set()
+                and self.alive
+            ):
+                self._backfill_room.wait(0.5)
+            if stop.is_set() or not self.alive:
+                return False
+            self._backfill_queue.append((time.time_ns(), messages))
+            self._backfill_queued += len(messages)
+        return True
+
+    @property
+    def backfill_queued(self) -> int:
+        """Backfilled messages handed over and not handled yet."""
+        return self._backfill_queued
+
+    def _handle_backfill(self) -> None:
+        batches: list[Batch] = []
+        taken = 0
+        with self._backfill_room:
+            while self._backfill_queue and taken < BACKFILL_PER_ROUND:
+                batch = self._backfill_queue.popleft()
+                batches.append(batch)
+                taken += len(batch[1])
+        self.handle(batches, backfilled=True)
+        with self._backfill_room:
+            self._backfill_queued -= taken
+            self._backfill_room.notify_all()
+
+    # --- the delivery watermark -----------------------------------------------------------------
+
+    def _position(self) -> tuple[Path, int] | None:
+        """Where the ticks not yet given to Kafka begin: the spill cursor, else the backup's end."""
+        if self.spill is not None:
+            return self.spill.path, self.spill.offset
+        path = self._backup.path
+        return None if path is None else (path, self._backup.size)
+
+    def _checkpoint(self) -> None:
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        delivered = self._publisher.rotate_epoch(self._position())
+        if isinstance(delivered, tuple):
+            self._save_delivered(delivered)
+
+    def _save_delivered(self, position: tuple[Path, int]) -> None:
+        state = (position[0].name, position[1])
+        if state == self._delivered:
+            return
+        partial = self._delivered_state.with_suffix(".partial")
+        try:
+            partial.write_text(json.dumps({"file": state[0], "offset": state[1]}))
+            partial.replace(self._delivered_state)
+        except OSError as exc:  # a full disk: a restart re-publishes a little more
+            log.warning("delivered_state_not_saved", error=str(exc))
+            return
+        self._delivered = state
+
+    def stopped(self, undelivered: int) -> None:
+        """After the final flush: with nothing left undelivered the watermark is the end."""
+        position = self._position()
+        if undelivered == 0 and self.spill is None and position is not None:
+            self._save_delivered(position)
+
+    def _resume_delivered(self) -> None:
+        try:
+            state = json.loads(self._delivered_state.read_text())
+            path = self._delivered_state.parent / str(state["file"])
+            offset = int(state["offset"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("delivered_state_unreadable", path=str(self._delivered_state), error=str(exc))
+            return
+        if not path.exists():
+            # Gzipped by a housekeeping run in the seconds after midnight, or deleted.
+            log.warning("delivered_file_missing", path=str(path), action="replay by hand if needed")
+            return
+        spill = self.spill
+        if spill is not None and (spill.path.name, spill.offset) <= (path.name, offset):
+            return  # the resumed spill starts earlier and covers it
+        if path.stat().st_size <= offset and _next_day_file(path) is None:
+            return  # everything in the backup was acknowledged
+        self.spill = Spill(path, offset)
+        self._backup.keep_uncompressed = path
+        self._metrics.spilling.set(1)
+        log.warning(
+            "republishing_unacknowledged",
+            reason="the previous run ended before Kafka acknowledged these ticks",
+            backup=str(path),
+            offset=offset,
+        )
 
     # --- one round of batches ---------------------------------------------------------------
 
-    def handle(self, batches: list[Batch]) -> None:
+    def handle(self, batches: list[Batch], *, backfilled: bool = False) -> None:
         rows: list[bytes] = []
         days: list[str] = []
         out: list[tuple[bytes, bytes, str]] = []
         asset_class, feed = self._asset_class, self._feed
-        should_publish = None if self._filter.every_tick else self._filter.should_publish
-        track = self._metrics.symbol_tick if self._metrics.tracks_symbols else None
+        price_filter = self._backfill_filter if backfilled else self._filter
+        should_publish = None if price_filter.every_tick else price_filter.should_publish
+        tracks = self._metrics.tracks_symbols and not backfilled
+        track = self._metrics.symbol_tick if tracks else None
+        counters = self._backfilled if backfilled else self._received
         received: dict[str, int] = dict.fromkeys(self._received, 0)
         filtered: dict[str, int] = dict.fromkeys(self._received, 0)
         for received_ns, messages in batches:
@@ -174,13 +318,15 @@ class TickSink:
         # Counted once per round, not per tick (a Prometheus increment takes a lock).
         for kind, count in received.items():
             if count:
-                self._received[kind].inc(count)
+                counters[kind].inc(count)
         for kind, count in filtered.items():
             if count:
                 self._metrics.filtered.labels(kind, asset_class).inc(count)
         if not out:
             return
-        self._publish(out, rows, self._write_backup(days, rows))
+        if self.symbols_seen is not None:
+            self.symbols_seen.update(map(_KEY, out))
+        self._publish(out, rows, self._write_backup(days, rows), backfilled)
 
     def _write_backup(self, days: list[str], rows: list[bytes]) -> list[_Written] | None:
         """Write the rows (grouped by day, nearly always one group); where each group went
@@ -216,11 +362,17 @@ class TickSink:
         return groups
 
     def _publish(
-        self, out: list[tuple[bytes, bytes, str]], rows: list[bytes], groups: list[_Written] | None
+        self,
+        out: list[tuple[bytes, bytes, str]],
+        rows: list[bytes],
+        groups: list[_Written] | None,
+        backfilled: bool = False,
     ) -> None:
         if self.spill is not None and groups is not None:
-            return  # behind a spill: the rows wait their turn in the backup
-        taken = self._publisher.produce_many(out)
+            # Behind a spill: the rows wait their turn in the backup (re-published from there
+            # without the backfill header: the backup has no column for it).
+            return
+        taken = self._publisher.produce_many(out, backfilled=backfilled)
         if taken == len(out):
             return
         if groups is None:

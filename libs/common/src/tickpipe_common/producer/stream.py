@@ -15,6 +15,13 @@ Stock trades bring their corrections and cancel/errors (Alpaca sends them to eve
 subscriber; alpaca-py dispatches them to a handler of their own, registered here too), and
 ``statuses`` and ``lulds`` are channels of their own.
 
+A 406 "connection limit exceeded" at the connect means the account's one connection per feed
+is taken: by another client, or by our own previous connection, which Alpaca keeps half-dead for
+about 90 s after a drop. Probing that window every second or two (alpaca-py's backoff starts
+at one second) only adds refused connects, so after a 406 the next attempt waits
+``RECONNECT_LIMIT_SECONDS``, doubling per 406 up to ``RECONNECT_LIMIT_MAX_SECONDS``, jittered
+(``tickpipe_common.backoff``). Waiting costs nothing: the gap is backfilled (``backfill``).
+
 The message handler is the hand-off's (``handoff.HandOff.handler``): it only appends. Given
 ``on_frame`` (the producers give ``HandOff.receive_frame``), whole frames of market data skip
 alpaca-py's per-message dispatch (``frames``); the handler then sees only what alpaca-py
@@ -40,6 +47,8 @@ MessageHandler = Callable[[Mapping[str, Any]], Awaitable[None]]
 StreamFactory = Callable[[], Any]
 
 CLOSE_TIMEOUT_SECONDS = 1.0
+# What alpaca-py's auth raises when Alpaca answers 406.
+CONNECTION_LIMIT_TEXT = "connection limit exceeded"
 
 # Our channel names → alpaca-py's subscribe method suffixes.
 SUBSCRIBE_METHODS = {
@@ -74,8 +83,14 @@ class StreamSupervisor:
         on_connect: Callable[[], None],
         backoff: Backoff,
         on_frame: frames.FrameHandler | None = None,
+        limit_backoff: Backoff | None = None,
+        on_limited: Callable[[], None] = lambda: None,
     ) -> None:
+        """``limit_backoff``: the reconnect delays after a 406 (None: alpaca-py's own)."""
         self._make_stream = make_stream
+        self._limit_backoff = limit_backoff
+        self._on_limited = on_limited
+        self._limited = False
         self._on_frame = on_frame
         self._symbols = tuple(symbols)
         self._channels = tuple(channels)
@@ -104,10 +119,37 @@ class StreamSupervisor:
 
         async def start_ws_and_report() -> None:
             self.connected = False
-            await start_ws()
+            try:
+                await start_ws()
+            except ValueError as exc:
+                if CONNECTION_LIMIT_TEXT in str(exc):
+                    self._limited = True
+                    self._on_limited()
+                raise
             self.connected = True
             self._backoff.reset()
+            if self._limit_backoff is not None:
+                self._limit_backoff.reset()
             self._on_connect()
+
+        if self._limit_backoff is not None:
+            alpaca_delay: Callable[[int], float] = stream._reconnect_delay
+            limit_backoff = self._limit_backoff
+
+            def reconnect_delay(retries: int) -> float:
+                if not self._limited:
+                    return alpaca_delay(retries)
+                self._limited = False
+                delay = limit_backoff.next_delay()
+                log.warning(
+                    "stream_connection_limit",
+                    reason="406: the feed's connection is taken (another client, or our "
+                    "previous connection still half-dead)",
+                    retry_in_seconds=round(delay, 2),
+                )
+                return delay
+
+            stream._reconnect_delay = reconnect_delay
 
         close: Callable[[], Awaitable[None]] = stream.close
 
