@@ -255,6 +255,7 @@ CHART_MANAGED = {
     "ALPACA_API_KEY",
     "ALPACA_SECRET_KEY",
     "ALPACA_DATA_STREAM_URL",
+    "ALPACA_DATA_REST_URL",
     "SIM_API_KEY",
     "SIM_API_SECRET",
     "KAFKA_GROUP_ID",
@@ -514,6 +515,8 @@ def test_feed_is_the_simulator_unless_alpaca_keys_are_given(
         else:
             assert "ALPACA_API_KEY" not in env
             assert env["ALPACA_DATA_STREAM_URL"]["value"] == f"ws://{FULLNAME}-market-sim:8765"
+            # Gaps are backfilled from the simulator's history, on the same port.
+            assert env["ALPACA_DATA_REST_URL"]["value"] == f"http://{FULLNAME}-market-sim:8765"
             service = render_.named("Service", f"{FULLNAME}-market-sim")
             assert service["spec"]["ports"][0]["port"] == 8765
 
