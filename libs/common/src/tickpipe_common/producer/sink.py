@@ -121,10 +121,13 @@ class TickSink:
         self.spill: Spill | None = None
         self._spill_state = backup.folder / "spill.json"
         self._delivered_state = backup.folder / "delivered.json"
+        self._delivered: tuple[str, int] | None = None  # saved in this run
+        self._caught_up_at: tuple[Path, int] | None = None
         self._resume_spill()
         self._resume_delivered()
+        if self.spill is not None:
+            self._save_delivered((self.spill.path, self.spill.offset))
         self._next_checkpoint = 0.0
-        self._delivered: tuple[str, int] | None = None
         self.backup_ok = True
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
@@ -217,7 +220,9 @@ class TickSink:
         if self.spill is not None:
             return self.spill.path, self.spill.offset
         path = self._backup.path
-        return None if path is None else (path, self._backup.size)
+        if path is None:  # nothing written in this run: where a resumed spill caught up
+            return self._caught_up_at
+        return path, self._backup.size
 
     def _checkpoint(self) -> None:
         self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
@@ -239,9 +244,10 @@ class TickSink:
         self._delivered = state
 
     def stopped(self, undelivered: int) -> None:
-        """After the final flush: with nothing left undelivered the watermark is the end."""
+        """After the final flush: with nothing left undelivered, everything given to Kafka was
+        acknowledged: the watermark is the end of the backup (or the spill cursor)."""
         position = self._position()
-        if undelivered == 0 and self.spill is None and position is not None:
+        if undelivered == 0 and position is not None:
             self._save_delivered(position)
 
     def _resume_delivered(self) -> None:
@@ -353,6 +359,10 @@ class TickSink:
                 self._metrics.backup_ok.set(0)
             log.error("backup_write_failed", error=str(exc), rows=len(rows) - written)
             return None
+        if self._delivered is None:
+            # This run's first rows: everything before them was delivered (or is in a resumed
+            # spill), so that is the watermark until the first epoch is acknowledged.
+            self._save_delivered((groups[0][1], groups[0][2]))
         self._metrics.backup_rows.inc(len(rows))
         self._metrics.backup_bytes.inc(sum(len(r) for r in rows))
         if not self.backup_ok:
@@ -431,6 +441,7 @@ class TickSink:
         spill = self.spill
         assert spill is not None
         log.info("kafka_caught_up", republished=spill.rows)
+        self._caught_up_at = (spill.path, spill.offset)
         self.spill = None
         self._backup.keep_uncompressed = None
         self._metrics.spilling.set(0)
