@@ -65,11 +65,11 @@ def test_windows_widen_by_the_margin_and_bars_by_a_minute_more() -> None:
     assert fetch_range(capped, week, "trades") == (week.end_ns - 3600 * SECOND, week.end_ns)
 
 
-def _frame(*times: int, kind: str = "t") -> list[dict[str, Any]]:
+def _frame(*times: int, kind: str = "t") -> list[Any]:
     return [{"T": kind, "S": "AAPL", "t": t} for t in times]
 
 
-async def _deliver(handoff: HandOff, frame: list[dict[str, Any]]) -> None:
+async def _deliver(handoff: HandOff, frame: list[Any]) -> None:
     handoff.receive_frame(frame)
     await asyncio.sleep(0)  # the hand-over runs on the loop's next turn
 

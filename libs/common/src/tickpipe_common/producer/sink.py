@@ -125,8 +125,7 @@ class TickSink:
         self._caught_up_at: tuple[Path, int] | None = None
         self._resume_spill()
         self._resume_delivered()
-        if self.spill is not None:
-            self._save_delivered((self.spill.path, self.spill.offset))
+        self._watermark_at_spill()
         self._next_checkpoint = 0.0
         self.backup_ok = True
         self._thread: threading.Thread | None = None
@@ -242,6 +241,11 @@ class TickSink:
             log.warning("delivered_state_not_saved", error=str(exc))
             return
         self._delivered = state
+
+    def _watermark_at_spill(self) -> None:
+        """A resumed spill's cursor is where this run's unacknowledged ticks begin."""
+        if self.spill is not None:
+            self._save_delivered((self.spill.path, self.spill.offset))
 
     def stopped(self, undelivered: int) -> None:
         """After the final flush: with nothing left undelivered, everything given to Kafka was
