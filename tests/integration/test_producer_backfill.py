@@ -241,3 +241,59 @@ def _raw_trade(i: int) -> dict[str, Any]:
         "s": 1,
         "t": Timestamp.from_unix_nano(TS + i),
     }
+
+
+def test_a_sip_gap_is_fetched_again_after_the_delay(
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
+) -> None:
+    """On Alpaca recent SIP history needs a paid plan: with FEED=sip every gap gets a second
+    pass BACKFILL_SIP_DELAY_SECONDS after it ended (the simulator has no delay; 1 s here)."""
+    registry = CollectorRegistry()
+
+    async def scenario() -> None:
+        async with running_sim(trading="always", rate_per_symbol=20, stock_symbols=SYMBOLS) as sim:
+            start = time.time_ns()
+            await asyncio.to_thread(wait_for, lambda: time.time_ns() > start + 10**9, 5, "1 s")
+            settings = _settings(sim.port, feed="sip", backfill_sip_delay_seconds=1)
+            sink, publisher, backup = _sink(kafka_bootstrap, fresh_topic, tmp_path, registry)
+            sink.start()
+            stop = threading.Event()
+            backfiller = Backfiller(
+                HistoricalSource("stock", settings, stop),
+                sink,
+                settings,
+                sink._metrics,
+                tmp_path / "stock" / "backfill.json",
+                lambda: list(SYMBOLS),
+                stop,
+            )
+            backfiller.submit(Window(start, time.time_ns(), "reconnect"), opened=False)
+            backfiller.start()
+            done = "tickpipe_producer_backfill_passes_total"
+            await asyncio.to_thread(
+                wait_for,
+                lambda: registry.get_sample_value(done, {"outcome": "done"}) == 1,
+                30,
+                "the first pass",
+            )
+            assert backfiller.pending == 1  # the second pass, due a second later
+            await asyncio.to_thread(
+                wait_for,
+                lambda: registry.get_sample_value(done, {"outcome": "done"}) == 2,
+                30,
+                "the second pass",
+            )
+            assert backfiller.pending == 0
+            stop.set()
+            await asyncio.to_thread(backfiller.join, 5)
+            sink._handoff.close()
+            await asyncio.to_thread(sink.join, 10)
+            assert publisher.flush(30) == 0
+            backup.close()
+
+    asyncio.run(scenario())
+    labels = {"kind": "trade", "asset_class": "stock"}
+    fetched = registry.get_sample_value("tickpipe_producer_ticks_backfilled_total", labels)
+    assert fetched is not None
+    assert fetched > 0
+    assert fetched % 2 == 0  # the same window twice
