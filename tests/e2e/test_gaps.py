@@ -331,7 +331,14 @@ def test_no_tick_is_lost_to_drops_mutes_slow_clients_half_dead_slots_or_a_sigkil
         assert _metric(port, "tickpipe_producer_ticks_backfilled_total") > 0, name
 
     # 6. SIGKILL the stock producer; the market goes on (and closes at least one minute bar
-    #    while nobody listens), then it is started again.
+    #    while nobody listens), then it is started again. The kill comes in a minute that
+    #    began after the run did, so the bar made meanwhile is one the comparison covers.
+    first_minute = start_ns - start_ns % BAR_NS + BAR_NS
+
+    def minute_begun() -> bool:
+        return bool(run.history("trades", first_minute, time.time_ns()))
+
+    wait_for(minute_begun, 75, "the first minute after the run's start to begin")
     stocks = run.producers["stocks"]
     assert stocks.process is not None
     stats_url = f"http://127.0.0.1:{run.sim_port}/stats"
