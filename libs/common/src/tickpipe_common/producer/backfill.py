@@ -31,6 +31,8 @@ Why it is built this way:
 What is fetched: trades and bars of the subscribed channels always, quotes with
 ``BACKFILL_QUOTES`` (heavy). Updated and daily bars and order books have no history: the REST
 API's bars are final, and land as the ``bar`` of their minute when the stream missed it.
+Corrections, cancel/errors, statuses and LULD bands have no history endpoint either: those
+of a gap are not recovered.
 Symbols: the subscribed ones; with ``*`` (which cannot be enumerated) the symbols seen since
 start plus those in the backup's tail. On Alpaca the SIP feed's last 15 minutes are served
 only to paid plans: with ``FEED=sip`` each gap is fetched again ``BACKFILL_SIP_DELAY_SECONDS``
