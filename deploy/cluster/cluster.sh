@@ -69,7 +69,10 @@ CONF=$RUN/conf
 PROCS=$RUN/procs
 SOCK=$RUN/containerd/containerd.sock
 KUBECONFIG_FILE=$RUN/kubeconfig
-SUPERVISE=(python3 "$HERE/supervise.py")
+# The stacks' one process supervisor (stdlib only: the system's python3 runs it). Each daemon's
+# pid file records its start time, so a pid the kernel has reused is never taken for it; its
+# name is also the marker its command line must contain.
+SUPERVISE=(python3 "$REPO/tools/localstack/src/tickpipe_localstack/supervise.py")
 # Started in this order, stopped in the reverse one.
 DAEMONS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
@@ -82,7 +85,8 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e
 
 k() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 c() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
-running() { "${SUPERVISE[@]}" running "$1" --dir "$PROCS"; }
+running() { "${SUPERVISE[@]}" pid "$PROCS/$1.pid" "$1" >/dev/null; }
+stop_daemon() { "${SUPERVISE[@]}" stop "$1" "$PROCS/$1.pid" "$1" "$2"; } # NAME TIMEOUT
 
 other_cluster_configured() {
   [[ -n ${KUBECONFIG:-} && $(realpath -m -- "$KUBECONFIG") != "$(realpath -m -- "$KUBECONFIG_FILE")" ]]
@@ -475,7 +479,8 @@ normalise() { # the name containerd gives an image: docker.io/library/ for short
 start() { # NAME READY-CMD TIMEOUT ARGV...
   local name=$1 ready=$2 timeout=$3
   shift 3
-  "${SUPERVISE[@]}" start "$name" --dir "$PROCS" --ready "$ready" --timeout "$timeout" -- "$@" ||
+  "${SUPERVISE[@]}" start --ready-command "$ready" --timeout "$timeout" \
+    "$name" "$PROCS/$name.pid" "$name" "$PROCS/$name.log" -- "$@" ||
     die "$name did not start (log: $PROCS/$name.log)"
 }
 
@@ -577,8 +582,8 @@ cmd_up() {
 # namespaces, IP addresses, mounts); only what is left after that is killed.
 stop_pods() {
   running kube-apiserver && running kubelet && running containerd || return 0
-  "${SUPERVISE[@]}" stop kube-controller-manager --dir "$PROCS" --timeout 20
-  "${SUPERVISE[@]}" stop kube-scheduler --dir "$PROCS" --timeout 20
+  stop_daemon kube-controller-manager 20
+  stop_daemon kube-scheduler 20
   say "stopping every pod"
   k delete pods --all --all-namespaces --grace-period=5 --wait=false >/dev/null 2>&1 || true
   local deadline=$((SECONDS + 120))
@@ -645,11 +650,11 @@ cmd_down() {
   stop_pods
   local i
   for ((i = ${#DAEMONS[@]} - 1; i > 0; i--)); do
-    "${SUPERVISE[@]}" stop "${DAEMONS[i]}" --dir "$PROCS" --timeout 30
+    stop_daemon "${DAEMONS[i]}" 30
   done
   [[ -x $BIN/kube-proxy ]] && "$BIN/kube-proxy" --cleanup >"$PROCS/kube-proxy-cleanup.log" 2>&1 || true
   kill_leftovers
-  "${SUPERVISE[@]}" stop containerd --dir "$PROCS" --timeout 30
+  stop_daemon containerd 30
   kill_shims
   unmount_run
   remove_cgroups

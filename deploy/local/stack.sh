@@ -149,8 +149,9 @@ apt_install() {
 }
 
 # Supervision (pid files, readiness waits, SIGTERM then SIGKILL) is one Python module, shared
-# with the tests' process helpers: tools/localstack/src/tickpipe_localstack/supervise.py. It
-# uses only the standard library, so the system's python3 runs it before any virtualenv exists.
+# with deploy/cluster/cluster.sh and the tests' process helpers:
+# tools/localstack/src/tickpipe_localstack/supervise.py. It uses only the standard library, so
+# the system's python3 runs it before any virtualenv exists.
 # fd 9 (the stack lock) is closed for it, so no process it starts ever holds the lock.
 SUPERVISE_PY=$REPO/tools/localstack/src/tickpipe_localstack/supervise.py
 supervise() {
@@ -165,8 +166,9 @@ live_pid() { supervise pid "$1" "$2" 2>/dev/null; }
 
 # [--cwd DIR] PIDFILE LOG COMMAND...: start COMMAND in its own session (a Ctrl-C in the
 # terminal that started it, or that runs `make logs`, does not reach it), stdin from
-# /dev/null, output appended to LOG, its pid in PIDFILE.
-launch() { supervise launch "$@" >/dev/null || die "could not start: $*"; }
+# /dev/null, output appended to LOG, its pid (with its start time) in PIDFILE and in LAUNCHED.
+LAUNCHED=
+launch() { LAUNCHED=$(supervise launch "$@") || die "could not start: $*"; }
 
 # NAME PIDFILE MARKER SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL; idempotent.
 stop_pid() { supervise stop "$@"; }
@@ -413,7 +415,7 @@ start_kafka() {
     mapfile -t java < <(kafka_java "$KAFKA_HEAP")
     printf '\n==== %s starting Kafka ====\n' "$(date -Is)" >>"$LOG_DIR/kafka.stdout.log"
     launch "$PID_DIR/kafka.pid" "$LOG_DIR/kafka.stdout.log" "${java[@]}" kafka.Kafka "$KAFKA_CONF"
-    pid=$(<"$PID_DIR/kafka.pid")
+    pid=$LAUNCHED
     say "Kafka: started (pid $pid), waiting for it on $KAFKA_BOOTSTRAP (up to ${START_TIMEOUT}s)"
   fi
   if ! "$PY" -m tickpipe_localstack.kafka_ready "$KAFKA_BOOTSTRAP" "$pid" "$START_TIMEOUT" "$TOPIC:3" "$DLQ_TOPIC:1" |
@@ -463,7 +465,7 @@ start_kafka_sasl() {
     mapfile -t java < <(kafka_java "$SASL_HEAP" "$logs")
     printf '\n==== %s starting Kafka (SASL_SSL) ====\n' "$(date -Is)" >>"$logs/kafka.stdout.log"
     launch "$PID_DIR/kafka-sasl.pid" "$logs/kafka.stdout.log" "${java[@]}" kafka.Kafka "$SASL_CONF"
-    pid=$(<"$PID_DIR/kafka-sasl.pid")
+    pid=$LAUNCHED
     say "Kafka (SASL_SSL): started (pid $pid), waiting for it on 127.0.0.1:$SASL_PORT"
   fi
   if ! sasl_py provision "$SASL_DIR" "$pid" "$START_TIMEOUT" | sed 's/^/    /'; then
@@ -692,7 +694,7 @@ start_service() {
     esac
     printf '\n==== %s starting %s ====\n' "$(date -Is)" "$svc" >>"$log"
     launch --cwd "$REPO" "$PID_DIR/$svc.pid" "$log" env "${env[@]}" "$PY" -m "$module"
-    say "$svc: started (pid $(<"$PID_DIR/$svc.pid")), waiting for $url"
+    say "$svc: started (pid $LAUNCHED), waiting for $url"
   fi
   wait_http "$url" "$PID_DIR/$svc.pid" "-m $module" "$log" || die "$svc did not start (log: $log)"
 }
@@ -779,7 +781,7 @@ start_prometheus() {
     launch --cwd "$PROM_DIR" "$PID_DIR/prometheus.pid" "$LOG_DIR/prometheus.log" \
       "$(command -v prometheus)" "--config.file=$PROM_CONF" "--storage.tsdb.path=$PROM_DATA" \
       --storage.tsdb.retention.time=7d "--web.listen-address=127.0.0.1:$PROM_PORT"
-    pid=$(<"$PID_DIR/prometheus.pid")
+    pid=$LAUNCHED
     say "Prometheus: started (pid $pid), waiting for $url/-/ready"
   fi
   wait_http "$url/-/ready" "$PID_DIR/prometheus.pid" "$PROM_CONF" "$LOG_DIR/prometheus.log" ||

@@ -1,5 +1,6 @@
-"""The local cluster's helpers that need no cluster (deploy/cluster/): the daemon supervisor,
-the image archive writer, and the build recipe's pins."""
+"""The local cluster's helpers that need no cluster (deploy/cluster/): the image archive
+writer and the build recipe's pins. Its daemons' supervisor is the stacks' one
+(tickpipe_localstack.supervise, tests/unit/test_supervise.py)."""
 
 from __future__ import annotations
 
@@ -13,55 +14,31 @@ from pathlib import Path
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
 
 
-def supervise(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(CLUSTER / "supervise.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def test_cluster_sh_runs_its_daemons_under_the_stacks_supervisor(tmp_path: Path) -> None:
+    """cluster.sh's start / running / stop_daemon, sourced (no cluster, no root needed): a
+    daemon started once, ready when its readiness command says so, stopped."""
+    ready = tmp_path / "ready"
+    script = f"""
+        source {CLUSTER / "cluster.sh"}
+        PROCS={tmp_path}/procs
+        start sleep "test -e {ready}" 60 sh -c "sleep 1; touch {ready}; exec sleep 300"
+        test -e {ready}
+        running sleep && echo running
+        start sleep true 60 sleep 300
+        stop_daemon sleep 10
+        running sleep || echo stopped
+    """
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
-
-
-def test_supervise_starts_once_waits_for_ready_and_stops(tmp_path: Path) -> None:
-    marker = tmp_path / "ready"
-    daemon = ["sh", "-c", f"sleep 1; touch {marker}; exec sleep 300"]
-    started = supervise("start", "d", "--dir", str(tmp_path), "--ready", f"test -e {marker}",
-                        "--", *daemon)  # fmt: skip
-    assert started.returncode == 0, started.stderr
-    assert marker.exists()  # start returned only once the daemon was ready
-    record = json.loads((tmp_path / "d.pid").read_text())
-    again = supervise("start", "d", "--dir", str(tmp_path), "--", *daemon)
-    assert again.returncode == 0
-    assert "already running" in again.stderr
-    assert json.loads((tmp_path / "d.pid").read_text())["pid"] == record["pid"]
-    assert supervise("running", "d", "--dir", str(tmp_path)).returncode == 0
-    stopped = supervise("stop", "d", "--dir", str(tmp_path), "--timeout", "10")
-    assert stopped.returncode == 0, stopped.stderr
-    assert supervise("running", "d", "--dir", str(tmp_path)).returncode == 1
-    assert supervise("stop", "d", "--dir", str(tmp_path)).returncode == 0  # idempotent
-
-
-def test_supervise_reports_a_daemon_that_dies_before_it_is_ready(tmp_path: Path) -> None:
-    result = supervise("start", "d", "--dir", str(tmp_path), "--ready", "false", "--timeout",
-                       "30", "--", "sh", "-c", "echo cannot bind; exit 3")  # fmt: skip
-    assert result.returncode == 1
-    assert "exited" in result.stderr
-    assert "cannot bind" in result.stderr
-
-
-def test_a_stale_pid_file_never_names_another_process(tmp_path: Path) -> None:
-    other = subprocess.Popen(["sleep", "300"])
-    try:
-        # A recorded pid that now belongs to an unrelated process (another start time).
-        record = {"pid": other.pid, "start_time": "1", "argv": ["gone"]}
-        (tmp_path / "d.pid").write_text(json.dumps(record))
-        assert supervise("running", "d", "--dir", str(tmp_path)).returncode == 1
-        assert supervise("stop", "d", "--dir", str(tmp_path)).returncode == 0
-        assert other.poll() is None, "stop signalled a process it did not start"
-    finally:
-        other.kill()
-        other.wait()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "running"
+    assert out.stdout.splitlines()[-1] == "stopped"
+    assert "sleep: started" in out.stderr
+    assert "sleep: already running" in out.stderr  # the second start launched nothing
+    assert "stopping sleep" in out.stdout
+    assert (tmp_path / "procs" / "sleep.log").exists()
+    assert not (tmp_path / "procs" / "sleep.pid").exists()
 
 
 def test_image_archive_is_a_loadable_docker_archive(tmp_path: Path) -> None:
