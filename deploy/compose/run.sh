@@ -34,9 +34,11 @@ STANDIN_FILE=$HERE/standins.yaml
 ENV_FILE=$HERE/.env
 REPO_ENV_FILE=$REPO/.env
 LOCAL_STACK=$REPO/deploy/local/stack.sh
-# The host ports' one definition (compose.yaml's ${VAR:-default} fallbacks repeat it for plain
-# `docker compose`; tests/unit/test_ports.py keeps them equal).
-PORTS_FILE=$REPO/deploy/ports.env
+# The host ports' one definition, deploy/ports.env, read by load_ports; compose.yaml's
+# ${VAR:-default} fallbacks repeat it for plain `docker compose` (tests/unit/test_ports.py keeps
+# them equal). deploy/ports.sh also has the env-file reader, env_file_value.
+# shellcheck source=deploy/ports.sh
+source "$REPO/deploy/ports.sh"
 PROJECT=${TICKPIPE_COMPOSE_PROJECT:-tickpipe}
 ALPACA_STREAM_URL=wss://stream.data.alpaca.markets
 # depends_on.required (an optional simulator) needs Compose 2.20.
@@ -189,24 +191,8 @@ pull_upstream() { # only what compose does not build; a clear way out when no re
   fi
 }
 
-# The value of KEY in an env file: the last KEY=value line wins. Prints nothing when the file
-# does not set KEY; `defined` tells an empty value from an absent one.
-file_value() { # FILE KEY
-  local file=$1 key=$2 line value='' re
-  re="^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=[[:space:]]*(.*)\$"
-  [[ -r $file ]] || return 0
-  while IFS= read -r line || [[ -n $line ]]; do
-    if [[ $line =~ $re ]]; then
-      value=${BASH_REMATCH[2]}
-      value=${value%"${value##*[![:space:]]}"}
-      if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
-        value=${BASH_REMATCH[1]}
-      fi
-    fi
-  done <"$file"
-  printf '%s' "$value"
-}
-
+# `env_file_value FILE KEY` (deploy/ports.sh) reads a value; `defined` tells an empty value
+# from an absent one.
 defined() { # FILE KEY -> true when the file has a KEY= line
   [[ -r $1 ]] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$2[[:space:]]*=" -- "$1"
 }
@@ -234,7 +220,7 @@ ensure_env_file() {
   local key value
   for key in "${PASSWORDS[@]}"; do
     [[ -n ${!key:-} ]] && continue
-    [[ -n $(file_value "$ENV_FILE" "$key") ]] && continue
+    [[ -n $(env_file_value "$ENV_FILE" "$key") ]] && continue
     value=$(random_password)
     if defined "$ENV_FILE" "$key"; then
       sed -i -E "s/^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=.*\$/${key}=${value}/" -- "$ENV_FILE"
@@ -254,7 +240,7 @@ choose_feed() {
     if [[ $source == environment ]]; then
       key=${ALPACA_API_KEY:-} secret=${ALPACA_SECRET_KEY:-}
     else
-      key=$(file_value "$source" ALPACA_API_KEY) secret=$(file_value "$source" ALPACA_SECRET_KEY)
+      key=$(env_file_value "$source" ALPACA_API_KEY) secret=$(env_file_value "$source" ALPACA_SECRET_KEY)
     fi
     [[ -n $key || -n $secret ]] && break
   done
@@ -264,7 +250,7 @@ choose_feed() {
   if [[ -n $key ]]; then
     # Exported so that compose passes them on whichever file they came from.
     export ALPACA_API_KEY=$key ALPACA_SECRET_KEY=$secret
-    if [[ -z ${ALPACA_DATA_STREAM_URL:-} && -z $(file_value "$ENV_FILE" ALPACA_DATA_STREAM_URL) ]]; then
+    if [[ -z ${ALPACA_DATA_STREAM_URL:-} && -z $(env_file_value "$ENV_FILE" ALPACA_DATA_STREAM_URL) ]]; then
       export ALPACA_DATA_STREAM_URL=$ALPACA_STREAM_URL
     fi
     FEED="live Alpaca data (ALPACA_API_KEY from ${source#"$REPO"/})"
@@ -311,16 +297,10 @@ build_args() {
   export TICKPIPE_REVISION=${TICKPIPE_REVISION:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 }
 
-host_port() { # VARIABLE -> the published port: the environment, .env, else deploy/ports.env
-  local value=${!1:-}
-  [[ -n $value ]] || value=$(file_value "$ENV_FILE" "$1")
-  [[ -n $value ]] || value=$(file_value "$PORTS_FILE" "$1")
-  printf '%s' "$value"
-}
-
 compose_up() {
   find_compose
   ensure_env_file
+  load_ports "$ENV_FILE" # the published ports: the environment, .env, else deploy/ports.env
   choose_feed
   build_args
   choose_images
@@ -336,35 +316,26 @@ compose_up() {
     compose ps --all >&2 || true
     die "the stack did not become healthy: see '$0 logs' (or 'make logs')"
   fi
-  local kafka pg sim stocks crypto consumer prom grafana
-  kafka=$(host_port TICKPIPE_KAFKA_PORT)
-  pg=$(host_port TICKPIPE_PG_PORT)
-  sim=$(host_port TICKPIPE_SIM_PORT)
-  stocks=$(host_port TICKPIPE_PRODUCER_STOCKS_PORT)
-  crypto=$(host_port TICKPIPE_PRODUCER_CRYPTO_PORT)
-  consumer=$(host_port TICKPIPE_CONSUMER_PORT)
-  prom=$(host_port TICKPIPE_PROMETHEUS_PORT)
-  grafana=$(host_port TICKPIPE_GRAFANA_PORT)
   echo
   local files=() file
   for file in "${COMPOSE_FILES[@]}"; do
     [[ $file == --file ]] || files+=("${file#"$REPO"/}")
   done
   echo "tickpipe is up (Docker Compose project '$PROJECT', ${files[*]})"
-  printf '  %-16s %s\n' Kafka "127.0.0.1:$kafka  (topics market_ticks, market_ticks.dlq)"
-  printf '  %-16s %s\n' PostgreSQL "postgresql://tickpipe@127.0.0.1:$pg/marketdata  (password: POSTGRES_PASSWORD in ${ENV_FILE#"$REPO"/}; make psql)"
+  printf '  %-16s %s\n' Kafka "127.0.0.1:$TICKPIPE_KAFKA_PORT  (topics market_ticks, market_ticks.dlq)"
+  printf '  %-16s %s\n' PostgreSQL "postgresql://tickpipe@127.0.0.1:$TICKPIPE_PG_PORT/marketdata  (password: POSTGRES_PASSWORD in ${ENV_FILE#"$REPO"/}; make psql)"
   if [[ ,$COMPOSE_PROFILES, == *,sim,* ]]; then
-    printf '  %-16s %s\n' market-sim "ws://127.0.0.1:$sim  stats http://127.0.0.1:$sim/stats"
+    printf '  %-16s %s\n' market-sim "ws://127.0.0.1:$TICKPIPE_SIM_PORT  stats http://127.0.0.1:$TICKPIPE_SIM_PORT/stats"
   fi
-  printf '  %-16s %s\n' producer-stocks "http://127.0.0.1:$stocks/{healthz,readyz,metrics}"
-  printf '  %-16s %s\n' producer-crypto "http://127.0.0.1:$crypto/{healthz,readyz,metrics}"
-  printf '  %-16s %s\n' consumer "http://127.0.0.1:$consumer/{healthz,readyz,metrics}"
-  printf '  %-16s %s\n' Prometheus "http://127.0.0.1:$prom  (alerts: /alerts)"
+  printf '  %-16s %s\n' producer-stocks "http://127.0.0.1:$TICKPIPE_PRODUCER_STOCKS_PORT/{healthz,readyz,metrics}"
+  printf '  %-16s %s\n' producer-crypto "http://127.0.0.1:$TICKPIPE_PRODUCER_CRYPTO_PORT/{healthz,readyz,metrics}"
+  printf '  %-16s %s\n' consumer "http://127.0.0.1:$TICKPIPE_CONSUMER_PORT/{healthz,readyz,metrics}"
+  printf '  %-16s %s\n' Prometheus "http://127.0.0.1:$TICKPIPE_PROMETHEUS_PORT  (alerts: /alerts)"
   if [[ $IMAGES == standin ]]; then
     printf '  %-16s %s\n' Grafana "not running: it has no stand-in image (no Debian package); it needs grafana/grafana from a registry"
     printf '  %-16s %s\n' "stand-ins" "Kafka, PostgreSQL (no TimescaleDB), Prometheus and the Python base are images made here (${STANDIN_FILE#"$REPO"/})"
   else
-    printf '  %-16s %s\n' Grafana "http://127.0.0.1:$grafana  (dashboards in the tickpipe folder; admin password: GRAFANA_ADMIN_PASSWORD in ${ENV_FILE#"$REPO"/})"
+    printf '  %-16s %s\n' Grafana "http://127.0.0.1:$TICKPIPE_GRAFANA_PORT  (dashboards in the tickpipe folder; admin password: GRAFANA_ADMIN_PASSWORD in ${ENV_FILE#"$REPO"/})"
   fi
   printf '  %-16s %s\n' "CSV backups" "volume ${PROJECT}_csv-backups"
   printf '  %-16s %s\n' status "make ps    logs: make logs    stop: make down"

@@ -36,28 +36,20 @@ REPO=$(cd -- "$HERE/../.." && pwd -P)
 RUN_DIR=${TICKPIPE_RUN_DIR:-$REPO/.run}
 [[ $RUN_DIR == /* ]] || RUN_DIR=$PWD/$RUN_DIR
 
-# The ports' one definition: deploy/ports.env (KEY=VALUE lines), each overridden by the
-# environment variable of the same name.
-PORTS_FILE=$REPO/deploy/ports.env
-port_setting() { # NAME -> $NAME from the environment, else from deploy/ports.env
-  local value=${!1:-} line re="^[[:space:]]*$1=([0-9]+)[[:space:]]*\$"
-  if [[ -z $value ]]; then
-    while IFS= read -r line || [[ -n $line ]]; do
-      [[ $line =~ $re ]] && value=${BASH_REMATCH[1]}
-    done <"$PORTS_FILE"
-  fi
-  [[ $value =~ ^[0-9]+$ ]] || { echo "stack.sh: $1 must be a port number (not '$value'; default in $PORTS_FILE)" >&2; exit 2; }
-  printf '%s' "$value"
-}
-KAFKA_PORT=$(port_setting TICKPIPE_KAFKA_PORT)
-PG_PORT=$(port_setting TICKPIPE_PG_PORT)
-PROM_PORT=$(port_setting TICKPIPE_PROMETHEUS_PORT)
-SIM_PORT=$(port_setting TICKPIPE_SIM_PORT)
-PRODUCER_STOCKS_PORT=$(port_setting TICKPIPE_PRODUCER_STOCKS_PORT)
-PRODUCER_CRYPTO_PORT=$(port_setting TICKPIPE_PRODUCER_CRYPTO_PORT)
-CONSUMER_PORT=$(port_setting TICKPIPE_CONSUMER_PORT)
+# The ports' one definition: deploy/ports.env, each overridden by the environment variable of
+# the same name (load_ports, deploy/ports.sh).
+# shellcheck source=deploy/ports.sh
+source "$REPO/deploy/ports.sh"
+load_ports
+KAFKA_PORT=$TICKPIPE_KAFKA_PORT
+PG_PORT=$TICKPIPE_PG_PORT
+PROM_PORT=$TICKPIPE_PROMETHEUS_PORT
+SIM_PORT=$TICKPIPE_SIM_PORT
+PRODUCER_STOCKS_PORT=$TICKPIPE_PRODUCER_STOCKS_PORT
+PRODUCER_CRYPTO_PORT=$TICKPIPE_PRODUCER_CRYPTO_PORT
+CONSUMER_PORT=$TICKPIPE_CONSUMER_PORT
 CONTROLLER_PORT=$((KAFKA_PORT + 1))
-SASL_PORT=$(port_setting TICKPIPE_KAFKA_SASL_PORT)
+SASL_PORT=$TICKPIPE_KAFKA_SASL_PORT
 SASL_CONTROLLER_PORT=$((SASL_PORT + 1))
 START_TIMEOUT=${TICKPIPE_START_TIMEOUT:-120}
 STOP_TIMEOUT=${TICKPIPE_STOP_TIMEOUT:-60}
@@ -626,23 +618,11 @@ svc_pid() { live_pid "$PID_DIR/$1.pid" "-m $(svc_module "$1")"; }
 
 # Read KEY from the environment, else from the git-ignored .env at the repo root.
 env_or_dotenv() {
-  local key=$1 line value re
-  re="^[[:space:]]*(export[[:space:]]+)?${key}[[:space:]]*=[[:space:]]*(.*)\$"
-  if [[ -n ${!key:-} ]]; then
-    printf '%s' "${!key}"
-    return 0
+  if [[ -n ${!1:-} ]]; then
+    printf '%s' "${!1}"
+  else
+    env_file_value "$REPO/.env" "$1"
   fi
-  [[ -r $REPO/.env ]] || return 0
-  while IFS= read -r line || [[ -n $line ]]; do
-    if [[ $line =~ $re ]]; then
-      value=${BASH_REMATCH[2]}
-      value=${value%"${value##*[![:space:]]}"}
-      if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
-        value=${BASH_REMATCH[1]}
-      fi
-      printf '%s' "$value"
-    fi
-  done <"$REPO/.env"
 }
 
 ALPACA_KEY=

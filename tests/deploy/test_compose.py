@@ -28,6 +28,7 @@ import yaml
 
 from tests.availability import unavailable
 from tests.deploy.service_settings import SERVICE_SETTINGS, known_variables, required_variables
+from tickpipe_localstack.ports import read_ports_file
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -633,7 +634,8 @@ class Workspace:
         shutil.copy2(COMPOSE_DIR / ".env.example", self.compose / ".env.example")
         (root / "libs" / "common").mkdir(parents=True)
         shutil.copy2(REPO / "libs" / "common" / "pyproject.toml", root / "libs" / "common")
-        shutil.copy2(REPO / "deploy" / "ports.env", root / "deploy" / "ports.env")
+        for shared in ("ports.env", "ports.sh"):  # the ports' definition and its reader
+            shutil.copy2(REPO / "deploy" / shared, root / "deploy" / shared)
         local = root / "deploy" / "local"
         local.mkdir(parents=True)
         self._executable(local / "stack.sh", FAKE_STACK)
@@ -727,6 +729,25 @@ def test_up_fills_in_empty_password_lines(workspace: Workspace) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", values["POSTGRES_PASSWORD"])
     assert values["GRAFANA_ADMIN_PASSWORD"] == "chosen"  # noqa: S105 - a test value
     assert workspace.env_file.read_text().count("POSTGRES_PASSWORD=") == 1
+
+
+def test_up_says_the_ports_the_environment_then_the_env_file_then_ports_env_give(
+    workspace: Workspace,
+) -> None:
+    defaults = read_ports_file()
+    workspace.env_file.write_text("TICKPIPE_PG_PORT=25432\nexport TICKPIPE_KAFKA_PORT='25092'\n")
+    result = workspace.run("up", TICKPIPE_KAFKA_PORT="29092")
+    assert result.returncode == 0, result.stderr
+    assert "Kafka            127.0.0.1:29092  (topics" in result.stdout  # the environment
+    assert "postgresql://tickpipe@127.0.0.1:25432/marketdata" in result.stdout  # .env
+    assert f"ws://127.0.0.1:{defaults['TICKPIPE_SIM_PORT']} " in result.stdout  # ports.env
+    prometheus = f"http://127.0.0.1:{defaults['TICKPIPE_PROMETHEUS_PORT']}  (alerts"
+    assert prometheus in result.stdout
+    workspace.env_file.write_text("TICKPIPE_PG_PORT=5432x\n")
+    refused = workspace.run("up")
+    assert refused.returncode == 2
+    assert "TICKPIPE_PG_PORT must be a port number, not '5432x'" in refused.stderr
+    assert workspace.calls() == [], "refused before compose ran"
 
 
 def test_up_finds_the_keys_in_the_repository_env_file(workspace: Workspace) -> None:
