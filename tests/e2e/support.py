@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -36,6 +37,28 @@ def sim_sent(stats: dict[str, Any]) -> Counter[tuple[str, str]]:
             for kind, n in kinds.items():
                 sent[(symbol, kind)] += n
     return sent
+
+
+def sim_run_over(stats: dict[str, Any], subscribed: Collection[str] = ()) -> bool:
+    """A fixed run (``SIM_MAX_EVENTS_PER_SYMBOL``) is over, by one read of /stats: it sent
+    something, says it will generate nothing more (``finished``: the last bars closed, late
+    prints out), and has sent every event it generated of the ``subscribed`` kinds and of any
+    kind it sent (a market also makes daily bars nobody asked for). From then on ``sent``
+    no longer changes."""
+    sent = sim_sent(stats)
+    kinds = {*subscribed, *(kind for _, kind in sent)}
+    generated = {
+        (symbol, kind): n
+        for per_symbol in stats["generated"].values()
+        for symbol, per_kind in per_symbol.items()
+        for kind, n in per_kind.items()
+        if kind in kinds
+    }
+    return (
+        bool(sent)
+        and bool(stats["finished"])
+        and all(sent[key] >= n for key, n in generated.items())
+    )
 
 
 def trade_ids(dsn: str, symbol: str) -> list[int]:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.support import db_counts, metric_sum, sim_sent, trade_ids
+from tests.e2e.support import db_counts, metric_sum, sim_run_over, sim_sent, trade_ids
 from tests.processes import Service, free_port, http_json, wait_for
 
 EVENTS_PER_SYMBOL = 150
@@ -140,16 +140,7 @@ def test_every_published_tick_is_stored_exactly_once(pipeline: dict[str, Any]) -
     # The run is over when the simulator says nothing more will be generated (the last bars
     # and late prints included) and every generated event has been sent.
     def run_finished() -> bool:
-        stats = http_json(stats_url)
-        sent = sim_sent(stats)
-        generated = {
-            (symbol, kind): n
-            for per_symbol in stats["generated"].values()
-            for symbol, kinds in per_symbol.items()
-            for kind, n in kinds.items()
-            if kind in SUBSCRIBED_KINDS  # a market also makes daily bars nobody asked for
-        }
-        return bool(stats["finished"]) and all(sent[key] >= n for key, n in generated.items())
+        return sim_run_over(http_json(stats_url), SUBSCRIBED_KINDS)
 
     wait_for(run_finished, 60, "the simulator to finish its run")
     stats = http_json(stats_url)

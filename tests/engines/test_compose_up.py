@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.support import sim_sent
+from tests.e2e.support import sim_run_over, sim_sent
 from tests.engines.docker_support import REPO, docker, inspect, require_engine_and_images
 from tests.processes import free_port, http_json, wait_for
 
@@ -172,24 +172,9 @@ def test_rows_match_the_simulators_stats(stack: dict[str, Any]) -> None:
     stats_url = f"http://127.0.0.1:{port(stack, 'TICKPIPE_SIM_PORT')}/stats"
 
     # The run is over when the simulator says nothing more will be generated and it has sent
-    # every generated event of the kinds the producers subscribed to (a market also makes
-    # daily bars nobody asked for).
+    # every generated event of the kinds it sends the producers (sim_run_over).
     def run_finished() -> bool:
-        stats = http_json(stats_url)
-        sent = sim_sent(stats)
-        kinds = {kind for _, kind in sent}
-        generated = {
-            (symbol, kind): n
-            for per_symbol in stats["generated"].values()
-            for symbol, per_kind in per_symbol.items()
-            for kind, n in per_kind.items()
-            if kind in kinds
-        }
-        return (
-            bool(sent)
-            and bool(stats["finished"])
-            and all(sent[key] >= n for key, n in generated.items())
-        )
+        return sim_run_over(http_json(stats_url))
 
     wait_for(run_finished, 180, f"the simulator to finish its run of {EVENTS_PER_SYMBOL} events")
     stats = http_json(stats_url)
