@@ -73,6 +73,24 @@ def test_the_pid_file_records_the_start_time(tmp_path: Path) -> None:
     os.waitpid(pid, 0)  # our child: reaped here
 
 
+def test_a_launched_process_inherits_no_descriptor_of_its_caller(tmp_path: Path) -> None:
+    """cluster.sh and stack.sh hold a flock on fd 8 / 9 while they start things: a daemon
+    that inherited it would keep the lock taken (the next cluster.sh down waited forever)."""
+    lock = (tmp_path / "lock").open("w")
+    os.set_inheritable(lock.fileno(), True)
+    try:
+        pid = supervise.launch(tmp_path / "x.pid", tmp_path / "x.log", ["sleep", "39"])
+        try:
+            held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+            assert str(tmp_path / "lock") not in held
+            assert held == {os.devnull, str(tmp_path / "x.log")}
+        finally:
+            assert terminate(pid, lambda: pid_alive(pid, "sleep 39"), timeout=10)
+            os.waitpid(pid, 0)
+    finally:
+        lock.close()
+
+
 def test_a_reused_pid_is_not_the_recorded_process(
     tmp_path: Path, stranger: subprocess.Popen[bytes]
 ) -> None:

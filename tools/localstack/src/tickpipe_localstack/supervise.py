@@ -4,8 +4,9 @@ One implementation of what ``deploy/local/stack.sh``, the local Kubernetes of
 ``deploy/cluster/cluster.sh`` and the tests' process helpers (``tests/processes.py``) need:
 
 - a long-running process is *launched* in a session of its own (a Ctrl-C in the terminal
-  that started it never reaches it), stdin from /dev/null, output appended to its log, and
-  its pid written to a pid file together with its *start time* (field 22 of
+  that started it never reaches it), stdin from /dev/null, output appended to its log, no
+  other descriptor of its caller's (a script's lock must not outlive the script), and its
+  pid written to a pid file together with its *start time* (field 22 of
   ``/proc/<pid>/stat``, clock ticks since boot): ``<pid> <start time>`` on one line;
 - a pid file is *trusted* only while that pid runs, started at the recorded time, and its
   command line contains a marker (the config file, module or program it was started with),
@@ -132,6 +133,7 @@ def launch(pidfile: Path, log: Path, argv: Sequence[str], cwd: Path | None = Non
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
             (os.POSIX_SPAWN_DUP2, 1, 2),
+            *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()),
         ],
     )
     # Our child cannot be gone before we wait for it (at worst a zombie, whose stat remains).
@@ -141,6 +143,19 @@ def launch(pidfile: Path, log: Path, argv: Sequence[str], cwd: Path | None = Non
     tmp.write_text(f"{pid} {started}\n" if started else f"{pid}\n")
     tmp.replace(pidfile)
     return pid
+
+
+def _inherited_fds() -> list[int]:
+    """Our descriptors above 2 that a spawned process would inherit: a caller's lock (the
+    cluster's and the stack's flock on fds 8 and 9), a pipe it reads until EOF. A daemon
+    holding one would keep the lock taken, or the pipe open, for as long as it runs."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+    return fds
 
 
 def _wait_for_exec(pid: int, timeout: float = 5.0) -> None:
