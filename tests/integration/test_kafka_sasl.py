@@ -243,8 +243,20 @@ def test_both_producers_the_consumer_and_the_dlq_work_with_their_own_users(
     assert _ready(consumer_port)
 
 
+def _answers(port: int) -> bool:
+    """The service's HTTP server is up (whatever /readyz says)."""
+    try:
+        http_get(f"http://127.0.0.1:{port}/readyz")
+    except OSError:  # connection refused: not listening yet
+        return False
+    return True
+
+
 def _assert_not_ready_but_running(service: Service, port: int, says: str) -> dict[str, Any]:
     wait_for(lambda: _log_has(service, says), 60, f"{service.name} to log {says!r}")
+    # The Kafka client may log its refusal before the health server listens (a loaded machine
+    # showed it): wait for the server, then judge what it says.
+    wait_for(lambda: _answers(port), 60, f"{service.name} to serve /readyz")
     # Some seconds on, it still runs (no exit, so no crash loop) and still says not ready.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
