@@ -297,3 +297,43 @@ def test_a_sip_gap_is_fetched_again_after_the_delay(
     assert fetched is not None
     assert fetched > 0
     assert fetched % 2 == 0  # the same window twice
+
+
+def test_the_day_the_delivery_watermark_points_into_is_not_gzipped_under_it(
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
+) -> None:
+    """Midnight: the next day's first row starts the housekeeping while the saved watermark
+    still points into the day before. That day stays a plain file (a SIGKILL now re-publishes
+    from it) until the watermark has moved on; then it is gzipped."""
+    day = 86_400 * 10**9
+    registry = CollectorRegistry()
+    sink, publisher, backup = _sink(kafka_bootstrap, fresh_topic, tmp_path, registry)
+    folder = tmp_path / "stock"
+    state = folder / "delivered.json"
+
+    def watermark_file() -> str:
+        return str(json.loads(state.read_text())["file"]) if state.exists() else ""
+
+    def checkpoint_into(name: str) -> bool:
+        assert publisher.flush(10) == 0
+        sink._checkpoint()
+        return watermark_file() == name
+
+    sink.handle([(TS, [_raw_trade(i) for i in range(1, 51)])])
+    first = backup.path
+    assert first is not None
+    wait_for(lambda: checkpoint_into(first.name), 30, "the watermark in the first day")
+    sink.handle([(TS + day, [_raw_trade(i) for i in range(51, 101)])])  # after midnight
+    assert backup.path is not None
+    assert backup.path != first
+    housekeeper = backup._housekeeper
+    assert housekeeper is not None
+    housekeeper.join(30)
+    assert not housekeeper.is_alive()
+    assert first.exists(), "gzipped while the watermark pointed into it"
+    second = backup.path
+    wait_for(lambda: checkpoint_into(second.name), 30, "the watermark in the next day")
+    wait_for(lambda: first.with_suffix(".csv.gz").exists(), 30, "the first day gzipped")
+    assert not first.exists()
+    sink._handoff.close()
+    backup.close()

@@ -241,6 +241,27 @@ class TickSink:
             log.warning("delivered_state_not_saved", error=str(exc))
             return
         self._delivered = state
+        self._hold_files()
+
+    def _hold_files(self) -> None:
+        """Keep uncompressed every backup file a restart may read on from: the spill cursor's
+        and the delivery watermark's, and every later day. The housekeeping gzips a finished
+        day as soon as the next one begins, while the watermark still points into it for a
+        checkpoint or more; a SIGKILL then left the next start nothing to re-publish from.
+        A day let go is gzipped then, not at the next midnight."""
+        held = [
+            name
+            for name in (
+                self.spill and self.spill.path.name,
+                self._delivered and self._delivered[0],
+            )
+            if name
+        ]
+        keep = self._backup.folder / min(held) if held else None
+        before = self._backup.keep_uncompressed
+        self._backup.keep_uncompressed = keep
+        if before is not None and (keep is None or keep.name > before.name):
+            self._backup.housekeeping()
 
     def _watermark_at_spill(self) -> None:
         """A resumed spill's cursor is where this run's unacknowledged ticks begin."""
@@ -265,7 +286,7 @@ class TickSink:
             log.error("delivered_state_unreadable", path=str(self._delivered_state), error=str(exc))
             return
         if not path.exists():
-            # Gzipped by a housekeeping run in the seconds after midnight, or deleted.
+            # Deleted by hand, or gzipped by a release before the watermark held its file.
             log.warning("delivered_file_missing", path=str(path), action="replay by hand if needed")
             return
         spill = self.spill
@@ -274,7 +295,7 @@ class TickSink:
         if path.stat().st_size <= offset and _next_day_file(path) is None:
             return  # everything in the backup was acknowledged
         self.spill = Spill(path, offset)
-        self._backup.keep_uncompressed = path
+        self._hold_files()
         self._metrics.spilling.set(1)
         log.warning(
             "republishing_unacknowledged",
@@ -399,7 +420,7 @@ class TickSink:
 
     def _start_spill(self, path: Path, offset: int) -> None:
         self.spill = Spill(path, offset)
-        self._backup.keep_uncompressed = path
+        self._hold_files()
         self._metrics.spilling.set(1)
         self._save_spill()
         log.warning(
@@ -427,7 +448,7 @@ class TickSink:
                     self._end_spill()
                     return
                 spill.path, spill.offset = following, len(_first_line(following))
-                self._backup.keep_uncompressed = spill.path
+                self._hold_files()
                 continue
             for line in lines:
                 cells = next(csv.reader(io.StringIO(line.decode())))
@@ -447,7 +468,7 @@ class TickSink:
         log.info("kafka_caught_up", republished=spill.rows)
         self._caught_up_at = (spill.path, spill.offset)
         self.spill = None
-        self._backup.keep_uncompressed = None
+        self._hold_files()
         self._metrics.spilling.set(0)
         self._spill_state.unlink(missing_ok=True)
 
@@ -480,7 +501,7 @@ class TickSink:
             log.error("spill_file_missing", path=str(path), action="replay by hand if needed")
             return
         self.spill = Spill(path, offset)
-        self._backup.keep_uncompressed = path
+        self._hold_files()
         self._metrics.spilling.set(1)
         log.warning("spill_resumed", backup=str(path), offset=offset)
 
