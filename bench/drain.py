@@ -42,12 +42,10 @@ import os
 import platform
 import random
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -61,6 +59,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from git_ref import export_ref
 from kafka import KafkaConsumer  # type: ignore[import-untyped]  # kafka-python, like the seed
 from psycopg import sql
 
@@ -318,22 +317,6 @@ class Setup:
 _BASELINE_SOURCES = ("libs/common/src", "services/consumer/src")
 
 
-def export_ref(ref: str, into: Path) -> str:
-    """``git archive`` of a ref's library and consumer sources; returns their PYTHONPATH."""
-    git = shutil.which("git") or "git"
-    archive = subprocess.run(  # noqa: S603 - our own git and ref
-        [git, "-C", str(REPO), "archive", ref, *_BASELINE_SOURCES],
-        check=True,
-        capture_output=True,
-    ).stdout
-    into.mkdir(parents=True, exist_ok=True)
-    tar_path = into / "ref.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(into, filter="data")
-    return os.pathsep.join(str(into / path) for path in _BASELINE_SOURCES)
-
-
 def drain_processes(
     setup: Setup, method: str, commands: list[list[str]], env: dict[str, str], expected: int
 ) -> Drain:
@@ -345,7 +328,7 @@ def drain_processes(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")
         procs = [
-            # noqa: the commands are this script's own, built above from sys.executable
+            # S603: the commands are this script's own, built above from sys.executable
             subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
             for command in commands
         ]
@@ -696,7 +679,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [tick_to_row(t, "bench") for t in ticks]  # for the COPY ceiling, untimed
     name, dsn = create_database(args.dsn)
     with tempfile.TemporaryDirectory(prefix="tickpipe-bench-drain-") as tmp:
-        baseline_path = export_ref(args.baseline_ref, Path(tmp)) if "baseline" in methods else None
+        baseline_path = (
+            export_ref(args.baseline_ref, _BASELINE_SOURCES, Path(tmp))
+            if "baseline" in methods
+            else None
+        )
         setup = Setup(args.bootstrap, topic, dsn, Cpu(args.run_dir), args.timeout, baseline_path)
         try:
             drains = run_rounds(setup, methods, args.runs, rows, min(args.seed_ticks, len(ticks)))

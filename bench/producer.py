@@ -36,7 +36,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.request
@@ -50,8 +49,11 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from git_ref import export_ref
 
 REPO = Path(__file__).resolve().parents[1]
+# What the baseline ref runs from: the library and the stock producer.
+BASELINE_SOURCES = ("libs/common/src", "services/producer-stocks/src")
 PYTHON = sys.executable
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -116,23 +118,6 @@ def proc_sample(pid: int) -> tuple[float, float]:
     cpu = (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
     rss = int(fields[21]) * PAGE / 2**20
     return rss, cpu
-
-
-def export_ref(ref: str, into: Path) -> Path:
-    """``git archive`` of a ref's library and producer-stocks sources; returns PYTHONPATH."""
-    git = shutil.which("git") or "git"
-    paths = ("libs/common/src", "services/producer-stocks/src")
-    archive = subprocess.run(  # noqa: S603 - our own git and ref
-        [git, "-C", str(REPO), "archive", ref, *paths],
-        check=True,
-        capture_output=True,
-    ).stdout
-    into.mkdir(parents=True, exist_ok=True)
-    tar_path = into / "ref.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(into, filter="data")
-    return into
 
 
 class Firehose:
@@ -360,10 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     biggest = int(max(args.rates + args.baseline_rates) * args.seconds)
     with tempfile.TemporaryDirectory(prefix="tickpipe-bench-producer-") as tmp:
         workdir = Path(tmp)
-        baseline_path = export_ref(args.baseline, workdir / "baseline")
-        pythonpath = os.pathsep.join(
-            str(baseline_path / p) for p in ("libs/common/src", "services/producer-stocks/src")
-        )
+        pythonpath = export_ref(args.baseline, BASELINE_SOURCES, workdir / "baseline")
         firehose = Firehose(args.symbols, biggest, workdir / "firehose.log")
         results: list[RunResult] = []
         try:
