@@ -33,7 +33,8 @@ from tickpipe_common.producer.sink import TickSink
 from tickpipe_common.schema import HEADER_BACKFILL, AssetClass, decode_tick
 from tickpipe_common.settings import KafkaSettings
 from tickpipe_common.timestamps import format_rfc3339_ns, parse_rfc3339_ns
-from tickpipe_market_sim.testing import running_sim
+from tickpipe_market_sim.server import SimServer
+from tickpipe_market_sim.testing import fetch_stats, running_sim
 from tickpipe_producer_stocks.settings import StockProducerSettings
 
 SYMBOLS = ("AAPL", "MSFT")
@@ -68,6 +69,21 @@ def _sink(
     return sink, publisher, backup
 
 
+async def _stock_trades_kept(sim: SimServer) -> int:
+    kept = (await fetch_stats(sim))["history"]["kept"].get("/v2/iex", {})
+    return int(kept.get("trade", {}).get("events", 0))
+
+
+async def _market_trades(sim: SimServer, n: int) -> None:
+    """Until the simulated market has made ``n`` more stock trades (of every symbol)."""
+    target = await _stock_trades_kept(sim) + n
+    async with asyncio.timeout(30):
+        while True:
+            if await _stock_trades_kept(sim) >= target:
+                return
+            await asyncio.sleep(0.05)  # polling the simulator's /stats
+
+
 def test_backfilled_ticks_are_what_the_market_did_and_carry_the_header(
     kafka_bootstrap: str, fresh_topic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,7 +95,7 @@ def test_backfilled_ticks_are_what_the_market_did_and_carry_the_header(
             trading="always", rate_per_symbol=50, stock_symbols=SYMBOLS, bar_interval=60
         ) as sim:
             start = time.time_ns()
-            await asyncio.sleep(1.5)  # the market trades on its own meanwhile
+            await _market_trades(sim, 150)  # on its own: nobody is connected
             end = time.time_ns()
             settings = _settings(sim.port)
             sink, publisher, backup = _sink(kafka_bootstrap, fresh_topic, tmp_path, registry)
