@@ -69,6 +69,21 @@ def _sink(
     return sink, publisher, backup
 
 
+def _backfiller(
+    settings: StockProducerSettings, sink: TickSink, stop: threading.Event, backup_dir: Path
+) -> Backfiller:
+    """A stock producer's backfill of SYMBOLS from the simulator's history into ``sink``."""
+    return Backfiller(
+        HistoricalSource("stock", settings, stop),
+        sink,
+        settings,
+        sink._metrics,
+        backup_dir / "stock" / "backfill.json",
+        lambda: list(SYMBOLS),
+        stop,
+    )
+
+
 async def _stock_trades_kept(sim: SimServer) -> int:
     kept = (await fetch_stats(sim))["history"]["kept"].get("/v2/iex", {})
     return int(kept.get("trade", {}).get("events", 0))
@@ -101,15 +116,7 @@ def test_backfilled_ticks_are_what_the_market_did_and_carry_the_header(
             sink, publisher, backup = _sink(kafka_bootstrap, fresh_topic, tmp_path, registry)
             sink.start()
             stop = threading.Event()
-            backfiller = Backfiller(
-                HistoricalSource("stock", settings, stop),
-                sink,
-                settings,
-                sink._metrics,
-                tmp_path / "stock" / "backfill.json",
-                lambda: list(SYMBOLS),
-                stop,
-            )
+            backfiller = _backfiller(settings, sink, stop, tmp_path)
             backfiller.submit(Window(start, end, "reconnect", due=0.0), opened=False)
             backfiller.start()
             passes = "tickpipe_producer_backfill_passes_total"
@@ -274,15 +281,7 @@ def test_a_sip_gap_is_fetched_again_after_the_delay(
             sink, publisher, backup = _sink(kafka_bootstrap, fresh_topic, tmp_path, registry)
             sink.start()
             stop = threading.Event()
-            backfiller = Backfiller(
-                HistoricalSource("stock", settings, stop),
-                sink,
-                settings,
-                sink._metrics,
-                tmp_path / "stock" / "backfill.json",
-                lambda: list(SYMBOLS),
-                stop,
-            )
+            backfiller = _backfiller(settings, sink, stop, tmp_path)
             backfiller.submit(Window(start, time.time_ns(), "reconnect"), opened=False)
             backfiller.start()
             done = "tickpipe_producer_backfill_passes_total"
