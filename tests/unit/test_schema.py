@@ -255,6 +255,9 @@ def test_fast_decoder_refuses_what_the_reference_refuses_with_its_reason() -> No
         v3.replace(b'"corrected_price":187.26,', b""),  # a correction without its price
         v3.replace(b'"corrected_size":100.0', b'"corrected_size":-1.0'),
         v3.replace(b'"tape":"C"', b'"tape":"' + b"C" * 9 + b'"'),
+        # a version-3 kind or field needs its version said (without it, version 1)
+        v3.replace(b'"schema_version":3,', b""),
+        good.replace(b'"schema_version":1,', b"")[:-1] + b',"status_code":"H"}',
     ]
     for value in cases:
         assert _fast_reason(value) is _reason(value), value

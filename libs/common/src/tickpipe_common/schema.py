@@ -719,10 +719,14 @@ class FastTick(_FastTickFields):
     luld_indicator: ClassVar[str | None] = None
 
 
-class FastTickV3(_FastTickFields):
-    """Schema version 3 decoded by msgspec: ``FastTick`` plus the ``V3_FIELDS``."""
+class FastTickV3(_FastTickFields, kw_only=True):
+    """Schema version 3 decoded by msgspec: ``FastTick`` plus the ``V3_FIELDS``.
 
-    schema_version: Literal[3] = 3
+    ``schema_version`` has no default: the reference reads a message without one as version 1,
+    which refuses the version-3 kinds and fields.
+    """
+
+    schema_version: Literal[3]
     original_trade_id: _M_Int8 | None = None
     original_price: _M_NonNegative | None = None
     original_size: _M_NonNegative | None = None
