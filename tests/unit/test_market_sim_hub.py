@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -232,6 +233,43 @@ def test_the_message_cap_slows_the_clock_down() -> None:
     # One message per step, at most 10 messages per second: ~4 steps in 0.3 s, not 30.
     steps = _clock_run(rate=100, max_rate=10, seconds=0.3)
     assert 1 <= steps <= 5
+
+
+class SlowFeed:
+    """A feed whose every step takes longer than the clock's period (a loaded machine)."""
+
+    def __init__(self, others_ran: asyncio.Event) -> None:
+        self._others_ran = others_ran
+        self.steps = 0
+
+    def trading(self) -> bool:
+        return True
+
+    def tick(self) -> int:
+        self.steps += 1
+        deadline = time.monotonic() + 0.002  # twice the period of 1 ms
+        while time.monotonic() < deadline:
+            pass
+        if self.steps >= 50 and not self._others_ran.is_set():
+            raise AssertionError(f"{self.steps} steps behind schedule never yielded the loop")
+        return 1
+
+
+def test_a_clock_behind_schedule_still_yields_to_the_event_loop() -> None:
+    async def scenario() -> int:
+        others_ran = asyncio.Event()
+        feed = SlowFeed(others_ran)
+        hub = Hub({"/v2/iex": feed}, rate_per_symbol=1000, max_rate=1e6)  # type: ignore[dict-item]
+        task = asyncio.create_task(hub.run())
+        await asyncio.sleep(0)
+        others_ran.set()  # this coroutine ran again while the clock was behind
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return feed.steps
+
+    assert asyncio.run(scenario()) > 1
 
 
 def test_an_always_trading_market_trades_before_anyone_subscribes() -> None:

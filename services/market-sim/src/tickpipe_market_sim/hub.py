@@ -250,9 +250,10 @@ class Hub:
                     await self._wakeup.wait()
                 # The first step of a new subscription comes at once, not a period later.
                 next_at = loop.time()
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Always await, even when behind: a step that takes longer than the period
+            # (a loaded machine, a "*" subscription) would otherwise never give the event
+            # loop back, starving every session's writer, the slow-client check and stop().
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             queued = self.tick()
             # Absolute schedule, so the rates hold on average without drift: the next tick
             # is one period on, or later if this one's messages would exceed SIM_MAX_RATE.

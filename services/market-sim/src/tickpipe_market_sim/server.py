@@ -21,6 +21,7 @@ import http
 import itertools
 import json
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,11 @@ WEBSOCKETS_LOGGER = logging.getLogger("tickpipe_market_sim.websockets")
 CLOSE_TIMEOUT = 2.0
 # Seconds a session's writer may take to flush and close after its session ended.
 WRITER_GRACE = CLOSE_TIMEOUT + 1.0
+# Kernel send buffer of a session's socket. Left to itself, loopback autotunes it to megabytes:
+# seconds of market data in flight to a slow client, behind which the 407 and the close frame
+# wait; the close timeout then aborts the connection first and the client never learns why.
+# Alpaca's slow-client cut-off is about the backlog it holds, which is the session's queue.
+SESSION_SEND_BUFFER = 128 * 1024
 # WebSocket close code after an unexpected failure in a session (RFC 6455 "internal error").
 INTERNAL_ERROR_CLOSE = 1011
 
@@ -231,6 +237,9 @@ class SimServer:
         if request is None:  # websockets only calls the handler after a handshake
             return
         feed = self._feeds[request.path.split("?", 1)[0]]
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SESSION_SEND_BUFFER)
         session = Session(
             next(self._ids),
             feed.feed,
