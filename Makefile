@@ -114,6 +114,13 @@ test-deploy: venv tools ## live checks on real engines: images built and run har
 	source <($(ENGINE) env); $(BIN)/pytest -m engines tests/engines --ignore=tests/engines/test_chart_on_cluster.py
 	@$(MAKE) --no-print-directory cluster-check
 
+# Minutes-long fault runs at the shipped settings (marker `soak`; plain pytest leaves them out):
+# Kafka away for three minutes at 3,000 ticks/s with the default queue. CI runs it too.
+.PHONY: test-soak
+test-soak: venv stack-up ## slow fault runs: three minutes without Kafka at the default queue, RSS within the chart's limit
+	set -a; source <($(STACK) env); set +a; $(BIN)/pytest -m soak tests/e2e
+	@cat .run/soak/kafka_outage.json
+
 bench: bench-write-path bench-producer bench-consumer ## every benchmark mode
 
 bench-write-path: venv stack-up ## the consumer's write step alone against hand-written alternatives

@@ -37,8 +37,9 @@ def client_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     return conf
 
 
-# The default bound of a producer's local queue: with librdkafka's per-message overhead about
-# twice this in memory, well inside the chart's 512 MiB limit (see KAFKA_QUEUE_MAX_MIB).
+# The default bound of a producer's local queue. Measured full (make test-soak): 234,500 ticks,
+# and with librdkafka's per-message overhead about three times this in memory (RSS 104 → 298
+# MiB, 315 MiB at most while it drains), well inside the chart's 512 MiB limit.
 DEFAULT_QUEUE_MAX_MIB = 64
 
 
