@@ -241,6 +241,7 @@ class SlowFeed:
     def __init__(self, others_ran: asyncio.Event) -> None:
         self._others_ran = others_ran
         self.steps = 0
+        self.sixty_steps = asyncio.Event()
 
     def trading(self) -> bool:
         return True
@@ -252,6 +253,8 @@ class SlowFeed:
             pass
         if self.steps >= 50 and not self._others_ran.is_set():
             raise AssertionError(f"{self.steps} steps behind schedule never yielded the loop")
+        if self.steps >= 60:
+            self.sixty_steps.set()
         return 1
 
 
@@ -263,13 +266,16 @@ def test_a_clock_behind_schedule_still_yields_to_the_event_loop() -> None:
         task = asyncio.create_task(hub.run())
         await asyncio.sleep(0)
         others_ran.set()  # this coroutine ran again while the clock was behind
-        await asyncio.sleep(0.05)
+        sixty = asyncio.create_task(feed.sixty_steps.wait())
+        # Either the clock made 60 steps while yielding, or it failed (never yielded).
+        await asyncio.wait({task, sixty}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        sixty.cancel()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         return feed.steps
 
-    assert asyncio.run(scenario()) > 1
+    assert asyncio.run(scenario()) >= 60
 
 
 def test_an_always_trading_market_trades_before_anyone_subscribes() -> None:
